@@ -1,0 +1,29 @@
+# The README's two commands are `make demo` and `make test`; the rest are their parts.
+.PHONY: help demo test test-fast e2e bench images cluster-up cluster-down bootstrap
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+bootstrap: ## install apt packages and the Python venv (cached in /var/cache/ml-serving)
+	ci/bootstrap.sh
+
+demo: bootstrap ## local demo: broker, training, two servers, two tenants, live model promotion
+	.venv/bin/python -m mlserving_client.demo
+
+test: ## everything CI runs: fast tests, images, real cluster, end-to-end tests
+	ci/test.sh
+
+test-fast: ## unit, integration and chart tests only
+	ci/test.sh --fast
+
+e2e: ## images, real single-node cluster and end-to-end tests only
+	ci/test.sh --e2e-only
+
+images: bootstrap ## build the server, trainer and broker images with buildah
+	ci/images/build.sh
+
+cluster-up: ## start the real single-node Kubernetes (ci/cluster)
+	ci/cluster/cluster.sh up
+
+cluster-down: ## stop it and remove everything it created
+	ci/cluster/cluster.sh down

@@ -1,0 +1,149 @@
+"""The model package format, version 1 (documented in docs/model-package.md).
+
+A package is a directory with `model.tflite` and `metadata.json`. The trainer writes it,
+registries store and move it, the server verifies and loads it. This module is the one
+definition all of them use; it imports neither TensorFlow nor LiteRT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PACKAGE_FORMAT = "ml-serving-model/1"
+MODEL_FILE = "model.tflite"
+METADATA_FILE = "metadata.json"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+VERSION_PATTERN = re.compile(r"^v(0|[1-9][0-9]*)$")
+#: Version of a package that no registry has published yet; publishing assigns v1, v2, ...
+UNPUBLISHED_VERSION = "v0"
+DTYPES = frozenset({"float32"})
+
+
+class PackageError(ValueError):
+    """A package that must not serve: the message names the file or field at fault."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape with -1 for the resizable batch dimension, plus dtype."""
+
+    shape: list[int]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """z-score parameters fitted on the training split; the server applies them."""
+
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Contents of metadata.json; `validate()` is the schema."""
+
+    name: str
+    version: str
+    created_at: str
+    window: int
+    normalization: Normalization
+    input: TensorSpec
+    output: TensorSpec
+    model_sha256: str
+    series_id: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    input_stats: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    framework: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    format: str = PACKAGE_FORMAT
+
+    def validate(self) -> None:
+        """Raise PackageError naming the first field that breaks the format."""
+        checks: list[tuple[bool, str]] = [
+            (self.format == PACKAGE_FORMAT, f"format: expected {PACKAGE_FORMAT!r}, got {self.format!r}"),
+            (bool(NAME_PATTERN.match(self.name)), f"name: {self.name!r} must match {NAME_PATTERN.pattern}"),
+            (bool(VERSION_PATTERN.match(self.version)), f"version: {self.version!r} must look like v0 (unpublished), v1, v2, ..."),
+            (isinstance(self.window, int) and 1 <= self.window <= 4096, f"window: {self.window!r} must be 1..4096"),
+            (self.normalization.std > 0, f"normalization.std: {self.normalization.std!r} must be > 0"),
+            (bool(re.fullmatch(r"[0-9a-f]{64}", self.model_sha256)), "model_sha256: must be 64 hex digits"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PackageError(message)
+        for label, spec in (("input", self.input), ("output", self.output)):
+            if spec.dtype not in DTYPES:
+                raise PackageError(f"{label}.dtype: {spec.dtype!r} is not one of {sorted(DTYPES)}")
+            if not spec.shape or spec.shape[0] != -1 or any(d <= 0 for d in spec.shape[1:]):
+                raise PackageError(f"{label}.shape: {spec.shape!r} must be [-1, positive dims...]")
+        if self.input.shape[1] != self.window:
+            raise PackageError(f"input.shape: second dimension {self.input.shape[1]} != window {self.window}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Metadata:
+        """Build from parsed JSON; missing or mistyped fields raise PackageError."""
+        try:
+            body = dict(raw)
+            body["normalization"] = Normalization(**body["normalization"])
+            body["input"] = TensorSpec(**body["input"])
+            body["output"] = TensorSpec(**body["output"])
+            metadata = cls(**body)
+        except (KeyError, TypeError) as exc:
+            raise PackageError(f"{METADATA_FILE}: {exc}") from None
+        metadata.validate()
+        return metadata
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(package_dir: Path) -> Metadata:
+    """Parse and validate metadata.json without touching the model file."""
+    path = Path(package_dir) / METADATA_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PackageError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise PackageError(f"{path}: must hold a JSON object")
+    return Metadata.from_dict(raw)
+
+
+def verify_package(package_dir: Path) -> Metadata:
+    """Metadata valid and model.tflite matches its recorded sha256 — or PackageError."""
+    metadata = read_metadata(package_dir)
+    model_path = Path(package_dir) / MODEL_FILE
+    if not model_path.is_file():
+        raise PackageError(f"{model_path}: missing")
+    actual = sha256_file(model_path)
+    if actual != metadata.model_sha256:
+        raise PackageError(f"{model_path}: sha256 {actual} does not match metadata {metadata.model_sha256}")
+    return metadata
+
+
+def write_package(package_dir: Path, model_bytes: bytes, metadata: Metadata) -> None:
+    """Write a package directory; callers publish it through a registry, which makes it atomic."""
+    metadata.validate()
+    if hashlib.sha256(model_bytes).hexdigest() != metadata.model_sha256:
+        raise PackageError("model_sha256 does not match the model bytes being written")
+    package_dir = Path(package_dir)
+    package_dir.mkdir(parents=True, exist_ok=True)
+    (package_dir / MODEL_FILE).write_bytes(model_bytes)
+    (package_dir / METADATA_FILE).write_text(metadata.to_json())
