@@ -19,6 +19,9 @@ test-fast: ## unit, integration and chart tests only
 e2e: ## images, real single-node cluster and end-to-end tests only
 	ci/test.sh --e2e-only
 
+bench: bootstrap ## benchmark model, transport and server side by side (~5 min; ARGS=--quick for ~1 min)
+	.venv/bin/python -m mlserving_bench $(ARGS)
+
 images: bootstrap ## build the server, trainer and broker images with buildah
 	ci/images/build.sh
 

@@ -7,9 +7,12 @@ definition all of them use; it imports neither TensorFlow nor LiteRT.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,3 +150,29 @@ def write_package(package_dir: Path, model_bytes: bytes, metadata: Metadata) -> 
     package_dir.mkdir(parents=True, exist_ok=True)
     (package_dir / MODEL_FILE).write_bytes(model_bytes)
     (package_dir / METADATA_FILE).write_text(metadata.to_json())
+
+
+def histogram_fractions(values: Iterable[float], edges: Sequence[float]) -> list[float]:
+    """Fractions of `values` per bin of `edges` (len(edges) - 1 bins), as in metadata.input_stats.
+
+    Bins are [e0, e1), [e1, e2), ..., [e(n-1), en]; values outside the edges count in the first
+    or last bin, so trainer and server bin live inputs identically for drift (PSI) checks.
+    """
+    counts = [0] * (len(edges) - 1)
+    total = 0
+    for value in values:
+        index = bisect.bisect_right(edges, value) - 1
+        counts[min(max(index, 0), len(counts) - 1)] += 1
+        total += 1
+    return [c / total for c in counts] if total else [0.0] * len(counts)
+
+
+def population_stability_index(expected: Sequence[float], actual: Sequence[float], floor: float = 1e-4) -> float:
+    """PSI between two histograms over the same bins; empty bins are floored to keep it finite."""
+    if len(expected) != len(actual):
+        raise ValueError("histograms must have the same number of bins")
+    total = 0.0
+    for e, a in zip(expected, actual):
+        e, a = max(e, floor), max(a, floor)
+        total += (a - e) * math.log(a / e)
+    return total

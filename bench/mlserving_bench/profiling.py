@@ -1,0 +1,172 @@
+"""Sampling profile of a server under load with py-spy, boiled down to what dominates.
+
+py-spy (PyPI: py-spy) attaches to a running process from outside, so the server runs unmodified.
+It writes collapsed stacks ("frame;frame;frame count"); `summarize` turns them into shares of
+samples: per thread, per area (paho, JSON, numpy, LiteRT, locks, ...) by the innermost frame,
+and inclusive shares of the server's hot-path functions.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+#: Area of a sample, decided by its innermost Python frame (C code is charged to its caller).
+AREAS: tuple[tuple[str, str], ...] = (
+    ("LiteRT (interpreter.py: set_tensor/invoke/get_tensor)", "ai_edge_litert/"),
+    ("paho MQTT client", "paho/"),
+    ("server transport (transport.py)", "mlserving_server/transport.py"),
+    ("request parse + validate (protocol.py parse_request, orjson)", "protocol.py:parse_request"),
+    ("answer encode (protocol.py encode_*, orjson)", "protocol.py:encode_"),
+    ("wire contract, other (protocol.py)", "protocol.py"),
+    ("pipeline (admit/process/_validate/_infer/_send)", "mlserving_server/pipeline.py"),
+    ("runtime.predict (numpy normalise/copy + LiteRT C call)", "mlserving_server/runtime.py"),
+    ("batching worker loop", "mlserving_server/batching.py"),
+    ("prometheus metrics", "prometheus_client/"),
+    ("numpy (Python-level)", "numpy/"),
+    ("threading / locks / waits", "threading.py"),
+    ("sockets / select", "selectors.py"),
+    ("sockets / select", "socket.py"),
+    ("logging", "logging/"),
+)
+
+#: Hot-path functions whose inclusive share is reported: (label, function name, file fragment).
+HOT_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
+    ("paho network loop (loop_forever)", "loop_forever", "paho/"),
+    ("  paho read: packets in (loop_read)", "loop_read", ""),
+    ("    pipeline.admit (rate limit + enqueue)", "admit", "pipeline.py"),
+    ("  paho write: packets out (loop_write)", "loop_write", "paho/"),
+    ("batch worker (Batcher._run)", "_run", "batching.py"),
+    ("  pipeline.process (one batch)", "process", "pipeline.py"),
+    ("    parse_request (orjson + validation)", "parse_request", "protocol.py"),
+    ("    _infer (arrays, predict, answers)", "_infer", "pipeline.py"),
+    ("      runtime.predict", "predict", "runtime.py"),
+    ("        LiteRT invoke", "invoke", "ai_edge_litert/"),
+    ("      encode_prediction (orjson)", "encode_prediction", "protocol.py"),
+    ("      _send (publish + metrics)", "_send", "pipeline.py"),
+    ("        paho publish (incl. Properties)", "publish", "paho/"),
+    ("        reply_properties (paho Properties)", "reply_properties", "transport.py"),
+    ("        metrics (prometheus inc/observe)", "", "prometheus_client/"),
+)
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def py_spy() -> str | None:
+    """The py-spy executable next to this interpreter, else on PATH."""
+    local = Path(sys.executable).with_name("py-spy")
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def start_record(pid: int, seconds: float, output: Path, rate: int = 250, gil: bool = False) -> subprocess.Popen:
+    """py-spy record in the background, raw collapsed stacks per thread, without line numbers."""
+    exe = py_spy()
+    if exe is None:
+        raise FileNotFoundError("py-spy not found: pip install py-spy")
+    argv = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate),
+            "--format", "raw", "--threads", "--nolineno", "--nonblocking", "--output", str(output)]
+    if gil:
+        argv.append("--gil")
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def parse_collapsed(lines: Iterable[str]) -> list[tuple[list[str], int]]:
+    """'a;b;c 12' lines -> [(["a", "b", "c"], 12)] (outermost frame first)."""
+    stacks = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        frames, _, count = line.rpartition(" ")
+        if not frames or not count.isdigit():
+            continue
+        stacks.append((frames.split(";"), int(count)))
+    return stacks
+
+
+def split_frame(frame: str) -> tuple[str, str]:
+    """'publish (paho/mqtt/client.py)' -> ('publish', 'paho/mqtt/client.py')."""
+    match = _FRAME.match(frame)
+    return (match.group("func"), match.group("file")) if match else (frame, "")
+
+
+def area_of(frames: list[str]) -> str:
+    """Area of the innermost Python frame, see AREAS."""
+    for frame in reversed(frames):
+        func, file = split_frame(frame)
+        if not file:
+            continue  # process / thread pseudo-frames
+        key = f"{file}:{func.rsplit('.', 1)[-1]}"
+        for label, fragment in AREAS:
+            if fragment in key:
+                return label
+        return f"other ({file})"
+    return "other"
+
+
+def thread_name(frames: list[str]) -> str:
+    """'thread (123): batch-worker' -> a readable thread label (py-spy --threads puts it first)."""
+    head = frames[0] if frames else ""
+    if not head.startswith("thread "):
+        return "?"
+    name = head.partition(": ")[2] or head
+    for prefix, label in (("paho-mqtt-client", "paho network thread"), ("batch-worker", "batch worker"),
+                          ("MainThread", "main"), ("model-poller", "model poller"), ("http", "http")):
+        if name.startswith(prefix):
+            return label
+    return name
+
+
+def _has(frames: list[str], func: str, file_fragment: str) -> bool:
+    for frame in frames:
+        f, file = split_frame(frame)
+        if (not func or f.rsplit(".", 1)[-1] == func) and file_fragment in file:
+            return True
+    return False
+
+
+def summarize(stacks: list[tuple[list[str], int]], top: int = 15) -> dict[str, Any]:
+    """Shares (in % of all samples) by thread, by area, of hot functions, and the top innermost frames."""
+    total = sum(count for _, count in stacks)
+    if not total:
+        return {"samples": 0}
+    pct = lambda n: round(100.0 * n / total, 1)  # noqa: E731
+    threads: Counter[str] = Counter()
+    by_area: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    for frames, count in stacks:
+        threads[thread_name(frames)] += count
+        by_area[area_of(frames)] += count
+        leaves[frames[-1]] += count
+    hot = []
+    for label, func, fragment in HOT_FUNCTIONS:
+        n = sum(count for frames, count in stacks if _has(frames, func, fragment))
+        hot.append({"function": label, "percent": pct(n)})
+    return {
+        "samples": total,
+        "threads": {name: pct(n) for name, n in threads.most_common()},
+        "areas": {name: pct(n) for name, n in by_area.most_common()},
+        "hot_path_inclusive": hot,
+        "top_innermost": [{"frame": frame, "percent": pct(n)} for frame, n in leaves.most_common(top)],
+    }
+
+
+def render(summary: dict[str, Any]) -> str:
+    """Plain-text report of a summary."""
+    if not summary.get("samples"):
+        return "profile: no samples"
+    lines = [f"profile: {summary['samples']} samples (all threads, idle excluded)", "", "by thread:"]
+    lines += [f"  {p:5.1f} %  {name}" for name, p in summary["threads"].items()]
+    lines += ["", "by area (innermost Python frame; C calls count for their caller):"]
+    lines += [f"  {p:5.1f} %  {name}" for name, p in summary["areas"].items()]
+    lines += ["", "hot path, inclusive:"]
+    lines += [f"  {h['percent']:5.1f} %  {h['function']}" for h in summary["hot_path_inclusive"]]
+    lines += ["", "top innermost frames:"]
+    lines += [f"  {t['percent']:5.1f} %  {t['frame']}" for t in summary["top_innermost"]]
+    return "\n".join(lines)

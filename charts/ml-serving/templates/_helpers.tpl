@@ -1,0 +1,451 @@
+{{/* ---------------------------------------------------------------- names --- */}}
+
+{{/* Chart name (nameOverride wins). */}}
+{{- define "ml-serving.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Prefix of every object name: <release>-<chart>, or <release> when it already holds the chart name. */}}
+{{- define "ml-serving.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* name-version for the helm.sh/chart label. */}}
+{{- define "ml-serving.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Object name of a component: (list $ "broker") -> <fullname>-broker, at most 63 characters. */}}
+{{- define "ml-serving.componentName" -}}
+{{- $root := index . 0 }}
+{{- printf "%s-%s" (include "ml-serving.fullname" $root | trunc 40 | trimSuffix "-") (index . 1) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ml-serving.broker.fullname" -}}
+{{- include "ml-serving.componentName" (list . "broker") }}
+{{- end }}
+
+{{- define "ml-serving.authSecretName" -}}
+{{- include "ml-serving.componentName" (list . "broker-auth") }}
+{{- end }}
+
+{{/* Serving objects of one tenant: (list $ "tenant-a") -> <fullname>-server-tenant-a */}}
+{{- define "ml-serving.server.fullname" -}}
+{{- include "ml-serving.componentName" (list (index . 0) (printf "server-%s" (index . 1))) }}
+{{- end }}
+
+{{- define "ml-serving.trainer.fullname" -}}
+{{- include "ml-serving.componentName" (list (index . 0) (printf "retrain-%s" (index . 1))) }}
+{{- end }}
+
+{{- define "ml-serving.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ml-serving.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name: give the name of an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Label that admits a pod to the broker when the NetworkPolicy is on. */}}
+{{- define "ml-serving.clientLabel" -}}
+{{- printf "%s-client" (include "ml-serving.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* --------------------------------------------------------------- labels --- */}}
+
+{{/* Selector labels: stable for the life of a release (never add a changing value here). */}}
+{{- define "ml-serving.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ml-serving.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Standard labels of every object. */}}
+{{- define "ml-serving.labels" -}}
+helm.sh/chart: {{ include "ml-serving.chart" . }}
+{{ include "ml-serving.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ml-serving
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of a component: (list $ "broker") */}}
+{{- define "ml-serving.componentLabels" -}}
+{{ include "ml-serving.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "ml-serving.componentSelectorLabels" -}}
+{{ include "ml-serving.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Labels of one tenant's serving objects: (list $ "tenant-a") */}}
+{{- define "ml-serving.server.labels" -}}
+{{ include "ml-serving.componentLabels" (list (index . 0) "server") }}
+ml-serving.io/tenant: {{ index . 1 }}
+{{- end }}
+
+{{- define "ml-serving.server.selectorLabels" -}}
+{{ include "ml-serving.componentSelectorLabels" (list (index . 0) "server") }}
+ml-serving.io/tenant: {{ index . 1 }}
+{{- end }}
+
+{{/* --------------------------------------------------------------- images --- */}}
+
+{{/* (list $ .Values.server.image) -> repository:tag, the tag defaulting to appVersion. */}}
+{{- define "ml-serving.image" -}}
+{{- $image := index . 1 }}
+{{- printf "%s:%s" $image.repository (default (index . 0).Chart.AppVersion $image.tag) }}
+{{- end }}
+
+{{- define "ml-serving.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* --------------------------------------------------------------- broker --- */}}
+
+{{/* Host the in-cluster clients (servers, trainer, test) connect to. */}}
+{{- define "ml-serving.broker.host" -}}
+{{- if .Values.broker.external.enabled }}
+{{- required "broker.external.host: required when broker.external.enabled" .Values.broker.external.host }}
+{{- else }}
+{{- printf "%s.%s.svc" (include "ml-serving.broker.fullname" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/* Whether in-cluster clients use TLS. */}}
+{{- define "ml-serving.broker.tls" -}}
+{{- if .Values.broker.external.enabled }}
+{{- ternary "true" "" .Values.broker.external.tls.enabled }}
+{{- else }}
+{{- ternary "true" "" .Values.broker.tls.enabled }}
+{{- end }}
+{{- end }}
+
+{{- define "ml-serving.broker.port" -}}
+{{- if .Values.broker.external.enabled }}
+{{- .Values.broker.external.port }}
+{{- else if .Values.broker.tls.enabled }}
+{{- .Values.broker.service.tlsPort }}
+{{- else }}
+{{- .Values.broker.service.port }}
+{{- end }}
+{{- end }}
+
+{{/* Secret holding the CA certificate (ca.crt) clients verify the broker with. */}}
+{{- define "ml-serving.broker.caSecret" -}}
+{{- if .Values.broker.external.enabled }}
+{{- required "broker.external.tls.caSecretName: required when broker.external.tls.enabled" .Values.broker.external.tls.caSecretName }}
+{{- else }}
+{{- required "broker.tls.secretName: required when broker.tls.enabled" .Values.broker.tls.secretName }}
+{{- end }}
+{{- end }}
+
+{{/* Mount point of the CA certificate in client pods. */}}
+{{- define "ml-serving.caDir" -}}/etc/ml-serving/broker-ca{{- end }}
+
+{{/* ---------------------------------------------------------- credentials --- */}}
+
+{{/*
+Every broker password, as YAML {username: password}: from values, else from the existing
+Secret (so a generated password survives upgrades), else generated. Computed once per render
+and memoised on the root context, so the Secret and every checksum see the same values.
+*/}}
+{{- define "ml-serving.credentials" -}}
+{{- if not (hasKey . "mlServingCredentials") }}
+{{- $existing := dict }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "ml-serving.authSecretName" .) }}
+{{- if and $secret $secret.data }}
+{{- $existing = $secret.data }}
+{{- end }}
+{{- $wanted := dict }}
+{{- $_ := set $wanted .Values.broker.users.server.username .Values.broker.users.server.password }}
+{{- $_ := set $wanted .Values.broker.users.trainer.username .Values.broker.users.trainer.password }}
+{{- range $name, $tenant := .Values.tenants }}
+{{- $_ := set $wanted $name (default "" (and $tenant (get $tenant "password"))) }}
+{{- end }}
+{{- $creds := dict }}
+{{- range $user, $given := $wanted }}
+{{- $key := printf "password-%s" $user }}
+{{- if $given }}
+{{- $_ := set $creds $user (toString $given) }}
+{{- else if hasKey $existing $key }}
+{{- $_ := set $creds $user (index $existing $key | b64dec) }}
+{{- else }}
+{{- $_ := set $creds $user (randAlphaNum 32) }}
+{{- end }}
+{{- end }}
+{{- $_ := set . "mlServingCredentials" $creds }}
+{{- end }}
+{{- toYaml (get . "mlServingCredentials") }}
+{{- end }}
+
+{{/* ------------------------------------------------------------- tenants --- */}}
+
+{{/* Deep merge (list $dst $src): $src's keys win, including false and 0; maps merge key by key. */}}
+{{- define "ml-serving.merge" -}}
+{{- $dst := index . 0 }}
+{{- range $key, $value := index . 1 }}
+{{- if kindIs "invalid" $value }}
+{{- else if and (kindIs "map" $value) (kindIs "map" (get $dst $key)) }}
+{{- include "ml-serving.merge" (list (get $dst $key) $value) }}
+{{- else }}
+{{- $_ := set $dst $key $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Every tenant resolved against tenantDefaults, as YAML {name: tenant}. Adds:
+models (all models with versions resolved), defaultModel, effectiveRequestTopic,
+effectiveResponseTopic (overrides or the protocol's defaults), minReplicas (the effective lowest replica count).
+*/}}
+{{- define "ml-serving.tenants" -}}
+{{- $root := . }}
+{{- $out := dict }}
+{{- range $name, $raw := .Values.tenants }}
+{{- $t := deepCopy $root.Values.tenantDefaults }}
+{{- include "ml-serving.merge" (list $t (default dict $raw)) }}
+{{- $model := default dict $t.model }}
+{{- if not $model.name }}
+{{- fail (printf "tenants.%s.model.name: required (the tenant's default model, e.g. lstm)" $name) }}
+{{- end }}
+{{- $globalVersion := $root.Values.model.version }}
+{{- $models := dict }}
+{{- range $m, $v := (default dict $t.models) }}
+{{- $_ := set $models $m (default $globalVersion $v) }}
+{{- end }}
+{{- $_ := set $models $model.name (default $globalVersion $model.version) }}
+{{- $_ := set $t "models" $models }}
+{{- $_ := set $t "defaultModel" $model.name }}
+{{- $_ := set $t "requestTopic" (default "" $t.requestTopic) }}
+{{- $_ := set $t "responseTopic" (default "" $t.responseTopic) }}
+{{- $_ := set $t "effectiveRequestTopic" (default (printf "%s/%s/requests" $root.Values.topicPrefix $name) $t.requestTopic) }}
+{{- $_ := set $t "effectiveResponseTopic" (default (printf "%s/%s/responses" $root.Values.topicPrefix $name) $t.responseTopic) }}
+{{- $_ := set $t "minReplicas" (ternary $t.autoscaling.minReplicas $t.replicas $t.autoscaling.enabled) }}
+{{- $_ := unset $t "password" }}
+{{- $_ := set $out $name $t }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/*
+The server config of one tenant (list $ name tenant): exactly the schema of
+mlserving_server.config (images/server). Never holds a secret: the password is a file.
+*/}}
+{{- define "ml-serving.serverConfig" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $t := index . 2 }}
+{{- $v := $root.Values }}
+{{- $c := $v.server.config }}
+{{- $tls := include "ml-serving.broker.tls" $root -}}
+broker:
+  host: {{ include "ml-serving.broker.host" $root | quote }}
+  port: {{ include "ml-serving.broker.port" $root }}
+  username: {{ $v.broker.users.server.username | quote }}
+  password_file: /etc/ml-serving/broker/password
+  keepalive: {{ $c.keepalive | int64 }}
+  tls:
+    enabled: {{ ternary "true" "false" (eq $tls "true") }}
+    ca_file: {{ if $tls }}{{ include "ml-serving.caDir" $root }}/ca.crt{{ else }}null{{ end }}
+topic_prefix: {{ $v.topicPrefix | quote }}
+share_group: {{ $v.shareGroup | quote }}
+qos: {{ $v.qos }}
+registry:
+  {{- if eq $v.registry.kind "broker" }}
+  kind: broker
+  {{- end }}
+  path: /models
+  poll_seconds: {{ $v.registry.pollSeconds }}
+batching:
+  max_batch: {{ $c.batching.maxBatch | int64 }}
+  max_wait_ms: {{ $c.batching.maxWaitMs }}
+limits:
+  max_payload_bytes: {{ $c.limits.maxPayloadBytes | int64 }}
+  max_instances: {{ $c.limits.maxInstances | int64 }}
+  max_pending: {{ $c.limits.maxPending | int64 }}
+http:
+  host: 0.0.0.0
+  port: {{ $c.httpPort | int64 }}
+drain_seconds: {{ $c.drainSeconds }}
+log_level: {{ $c.logLevel }}
+tenants:
+  {{ $name }}:
+    models:
+      {{- range $m, $ver := $t.models }}
+      {{ $m }}: {{ $ver | quote }}
+      {{- end }}
+    default_model: {{ $t.defaultModel }}
+    request_topic: {{ if $t.requestTopic }}{{ $t.requestTopic | quote }}{{ else }}null{{ end }}
+    response_topic: {{ if $t.responseTopic }}{{ $t.responseTopic | quote }}{{ else }}null{{ end }}
+    rate_limit:
+      per_second: {{ $t.rateLimit.perSecond }}
+      burst: {{ $t.rateLimit.burst | int64 }}
+{{- end }}
+
+{{/* Pod-level scheduling keys shared by the workloads: (dict with nodeSelector tolerations affinity priorityClassName). */}}
+{{- define "ml-serving.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* ------------------------------------------------------ broker auth files --- */}}
+
+{{/* Plaintext Mosquitto password file (the broker's init container hashes it with mosquitto_passwd -U). */}}
+{{- define "ml-serving.passwdFile" -}}
+{{- range $user, $password := include "ml-serving.credentials" . | fromYaml }}
+{{ $user }}:{{ $password }}
+{{- end }}
+{{- end }}
+
+{{/* Mosquitto ACL file: one block per user; anything not granted is denied. */}}
+{{- define "ml-serving.aclFile" -}}
+{{- $v := .Values }}
+{{- $tenants := include "ml-serving.tenants" . | fromYaml -}}
+# Rendered by the ml-serving chart. Anything not granted here is denied.
+# Serving pods: read every tenant's requests (also through the shared subscription), answer in
+# the tenants' response namespaces, read the broker-backed model registry.
+user {{ $v.broker.users.server.username }}
+{{- range $name, $t := $tenants }}
+topic read {{ $t.effectiveRequestTopic }}
+topic read $share/{{ $v.shareGroup }}/{{ $t.effectiveRequestTopic }}
+topic write {{ $t.effectiveResponseTopic }}
+topic write {{ $t.effectiveResponseTopic }}/#
+{{- end }}
+topic read {{ $v.topicPrefix }}/_registry/#
+
+# Retraining jobs: publish packages and move `current` pointers in the broker-backed registry.
+user {{ $v.broker.users.trainer.username }}
+topic readwrite {{ $v.topicPrefix }}/_registry/#
+{{- range $name, $t := $tenants }}
+
+# Tenant {{ $name }}: publish its requests, read its answers (also per-client subtopics).
+user {{ $name }}
+topic write {{ $t.effectiveRequestTopic }}
+topic read {{ $t.effectiveResponseTopic }}
+topic read {{ $t.effectiveResponseTopic }}/#
+{{- end }}
+{{- end }}
+
+{{/* mosquitto.conf, rendered from broker.config (no secrets: those are files from the Secret). */}}
+{{- define "ml-serving.mosquittoConf" -}}
+{{- $b := .Values.broker -}}
+# Rendered by the ml-serving chart from broker.* values.
+per_listener_settings false
+allow_anonymous false
+password_file /mosquitto/auth/passwd
+acl_file /mosquitto/auth/acl
+# QoS 1 collapses to ~1,000 msg/s under Nagle's algorithm.
+set_tcp_nodelay true
+
+# MQTT (v5, v3.1.1) on all interfaces.
+listener 1883
+protocol mqtt
+{{- if $b.tls.enabled }}
+
+# MQTT over TLS; certificate from Secret {{ $b.tls.secretName }}.
+listener {{ $b.tls.port | int64 }}
+protocol mqtt
+certfile /mosquitto/tls/tls.crt
+keyfile /mosquitto/tls/tls.key
+cafile /mosquitto/tls/ca.crt
+tls_version tlsv1.2
+{{- end }}
+
+# Queues and limits, set explicitly (Mosquitto's defaults drop messages for slow consumers).
+max_queued_messages {{ $b.config.maxQueuedMessages | int64 }}
+max_queued_bytes {{ $b.config.maxQueuedBytes | int64 }}
+max_inflight_messages {{ $b.config.maxInflightMessages | int64 }}
+message_size_limit {{ $b.config.messageSizeLimit | int64 }}
+max_keepalive {{ $b.config.maxKeepalive | int64 }}
+persistent_client_expiration {{ $b.config.persistentClientExpiration }}
+
+{{- if $b.persistence.enabled }}
+
+# Sessions, queued and retained messages survive restarts (PVC at /mosquitto/data).
+persistence true
+persistence_location /mosquitto/data/
+autosave_interval {{ $b.config.autosaveInterval | int64 }}
+{{- else }}
+
+persistence false
+{{- end }}
+
+log_dest stdout
+{{- range $b.config.logTypes }}
+log_type {{ . }}
+{{- end }}
+log_timestamp_format %Y-%m-%dT%H:%M:%S
+{{- with $b.config.extraConfig }}
+
+# broker.config.extraConfig
+{{ . }}
+{{- end }}
+{{- end }}
+
+{{/* PVC of the filesystem registry. */}}
+{{- define "ml-serving.registry.claimName" -}}
+{{- default (include "ml-serving.componentName" (list . "registry")) .Values.registry.persistence.existingClaim }}
+{{- end }}
+
+{{/*
+Trainer config of one model (list $ name model): the TrainConfig of mlserving_training
+(`mlserving-train pipeline --config`). Never holds a secret.
+*/}}
+{{- define "ml-serving.trainerConfig" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $m := index . 2 }}
+{{- $data := default dict $m.data -}}
+model: {{ default $name $m.kind }}
+name: {{ $name }}
+{{- if eq (default "generated" $data.source) "pvc" }}
+data: {{ printf "/data/%s" (required (printf "retraining.models.%s.data.path: required with data.source=pvc" $name) $data.path) | clean | quote }}
+{{- else }}
+data: ""
+{{- end }}
+series: {{ default "" $data.series | quote }}
+{{- if eq $root.Values.registry.kind "broker" }}
+registry: {{ printf "mqtt://%s:%s/%s" (include "ml-serving.broker.host" $root) (include "ml-serving.broker.port" $root) $root.Values.topicPrefix | quote }}
+{{- else }}
+registry: /models
+{{- end }}
+promote: {{ ternary "true" "false" (default false $m.autoPromote) }}
+out: {{ printf "/tmp/packages/%s" $name | quote }}
+plot: none
+{{- if and $m.qualityGate (not (kindIs "invalid" $m.qualityGate.margin)) }}
+gate_margin: {{ $m.qualityGate.margin }}
+{{- end }}
+{{- range $key, $value := (default dict $m.settings) }}
+{{ $key }}: {{ $value | toJson }}
+{{- end }}
+{{- end }}

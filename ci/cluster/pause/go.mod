@@ -1,0 +1,3 @@
+module example.invalid/ci/pause
+
+go 1.24

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Install the pinned chart tooling: helm (built from the Go module proxy) into
+# /var/cache/ml-serving/bin and kubernetes-validate (offline Kubernetes JSON schemas, from
+# PyPI) into the project venv. Idempotent: each tool is skipped when already present at the
+# pinned version. Nothing is downloaded except Go modules and one PyPI package, so it works
+# where GitHub and get.helm.sh cannot be reached.
+#
+# Usage: ci/tools.sh [--with-kubeconform]
+#   --with-kubeconform  also build kubeconform (needs schemas from GitHub to be useful, so it is
+#                       off by default; the chart tests validate with kubernetes-validate).
+# Env: CACHE_ROOT (default /var/cache/ml-serving), VENV (default <repo>/.venv).
+set -euo pipefail
+
+HELM_VERSION=v3.22.0
+KUBECONFORM_VERSION=v0.7.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE_ROOT=${CACHE_ROOT:-/var/cache/ml-serving}
+BIN_DIR="$CACHE_ROOT/bin"
+VENV=${VENV:-$ROOT/.venv}
+GO=${GO:-/usr/local/go/bin/go}
+WITH_KUBECONFORM=0
+
+for arg in "$@"; do
+  case $arg in
+    --with-kubeconform) WITH_KUBECONFORM=1 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "tools.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf 'tools: %s\n' "$*"; }
+
+go_env() {
+  export GOTOOLCHAIN=local GOFLAGS=-modcacherw GOBIN="$BIN_DIR"
+  export GOMODCACHE="$CACHE_ROOT/go/mod" GOCACHE="$CACHE_ROOT/go/build"
+}
+
+# helm's version strings and default Kubernetes capabilities are set with -ldflags by its
+# Makefile; a bare `go install` would report "v3.22" and a default cluster of v1.20, which makes
+# `helm template` refuse any chart with kubeVersion >= 1.21. Mirror the Makefile here.
+helm_ldflags() {
+  local moddir k8s minor pkg=helm.sh/helm/v3
+  moddir=$("$GO" mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+  k8s=$(awk '$1 == "k8s.io/client-go" {print $2}' "$moddir/go.mod")  # v0.MINOR.PATCH
+  minor=$(cut -d. -f2 <<<"$k8s")
+  printf '%s' "-s -w -X $pkg/internal/version.version=$HELM_VERSION -X $pkg/internal/version.gitTreeState=clean"
+  printf '%s' " -X $pkg/pkg/lint/rules.k8sVersionMajor=1 -X $pkg/pkg/lint/rules.k8sVersionMinor=$minor"
+  printf '%s' " -X $pkg/pkg/chartutil.k8sVersionMajor=1 -X $pkg/pkg/chartutil.k8sVersionMinor=$minor"
+}
+
+install_helm() {
+  local have=""
+  [[ -x $BIN_DIR/helm ]] && have=$("$BIN_DIR/helm" version --template '{{.Version}}' 2>/dev/null || true)
+  if [[ $have == "$HELM_VERSION" ]]; then
+    log "helm $HELM_VERSION already in $BIN_DIR (skipped)"
+    return
+  fi
+  log "helm: building $HELM_VERSION from the Go module proxy into $BIN_DIR (have: ${have:-none}; cold build takes a few minutes)"
+  local t0=$SECONDS
+  (go_env && CGO_ENABLED=0 "$GO" install -trimpath -ldflags "$(helm_ldflags)" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
+  log "helm: $("$BIN_DIR/helm" version --short) built in $((SECONDS - t0))s"
+}
+
+install_kubeconform() {
+  local have=""
+  [[ -x $BIN_DIR/kubeconform ]] && have=$("$BIN_DIR/kubeconform" -v 2>/dev/null || true)
+  if [[ $have == "$KUBECONFORM_VERSION" ]]; then
+    log "kubeconform $KUBECONFORM_VERSION already in $BIN_DIR (skipped)"
+    return
+  fi
+  log "kubeconform: building $KUBECONFORM_VERSION into $BIN_DIR (note: it fetches schemas from GitHub at run time)"
+  (go_env && CGO_ENABLED=0 "$GO" install -trimpath -ldflags "-s -w -X main.version=$KUBECONFORM_VERSION" \
+    "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION")
+}
+
+install_kubernetes_validate() {
+  if [[ ! -x $VENV/bin/python ]]; then
+    echo "tools.sh: no Python venv at $VENV (set VENV=...)" >&2
+    exit 1
+  fi
+  local have
+  have=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null || true)
+  if [[ $have == "$KUBERNETES_VALIDATE_VERSION" ]]; then
+    log "kubernetes-validate $KUBERNETES_VALIDATE_VERSION already in $VENV (skipped)"
+    return
+  fi
+  log "kubernetes-validate: installing $KUBERNETES_VALIDATE_VERSION into $VENV (have: ${have:-none})"
+  "$VENV/bin/python" -m pip install --quiet "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+}
+
+mkdir -p "$BIN_DIR"
+install_helm
+[[ $WITH_KUBECONFORM == 1 ]] && install_kubeconform
+install_kubernetes_validate
+log "done: helm=$BIN_DIR/helm kubernetes-validate=$VENV/bin/kubernetes-validate"

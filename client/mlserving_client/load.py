@@ -1,0 +1,631 @@
+"""Load generator: drive any request/response server that speaks the wire contract.
+
+One paho connection per tenant keeps many requests outstanding. Payloads are encoded once
+with protocol.encode_request around a placeholder id and completed per request by splicing
+the id in, so the per-request cost is a bytes join, a dict insert and paho's publish. Answers
+are matched by MQTT v5 Correlation Data in paho's network thread; latencies are
+perf_counter_ns differences. Open loop sends at a fixed rate whatever the server does (the
+honest way to measure latency under a given load); closed loop keeps a fixed number of
+requests outstanding (the way to find saturation throughput).
+
+`run_load` is the entry point for the CLI, benchmarks and tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import paho.mqtt.client as mqtt
+from mlserving_common import protocol
+from mlserving_common.logs import event
+
+from mlserving_client import leanmqtt, transport
+from mlserving_client.stats import Counters, LatencyRecorder, LatencySummary, rate, summarize_ns
+
+log = logging.getLogger("mlserving_client.load")
+
+MAX_DURATION_S = 3600.0
+ENGINES = ("auto", "lean", "paho")
+_ID_MARK = "@@request-id@@"
+_MONITOR_INTERVAL_S = 0.05
+
+
+@dataclass(frozen=True)
+class TenantTarget:
+    """One tenant to load, with its own credentials and (optionally) explicit topics."""
+
+    tenant: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    request_topic: str | None = None
+    response_topic: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to send, how fast, for how long. Exactly one of rate/concurrency; duration and/or count."""
+
+    host: str
+    port: int
+    targets: tuple[TenantTarget, ...]
+    rate: float | None = None
+    concurrency: int | None = None
+    duration: float | None = None
+    count: int | None = None
+    batch: int = 1
+    window: int = protocol.LEGACY_WINDOW
+    model: str | None = None
+    qos: int = 1
+    prefix: str = protocol.DEFAULT_PREFIX
+    tls_ca: str | None = None
+    grace: float = 5.0
+    request_timeout: float = 5.0
+    connect_timeout: float = 10.0
+    windows: tuple[tuple[float, ...], ...] | None = None
+    #: "lean" (leanmqtt: cheapest per request, no TLS, no reconnect), "paho", or "auto":
+    #: lean unless TLS is asked for or QoS is 2.
+    engine: str = "auto"
+    #: Publish each request to the lane's own reply topic, so the broker hands it straight back
+    #: with no server involved: measures the generator's (and broker's) own ceiling. The user
+    #: needs write access to its response namespace, which tenant ACLs do not grant.
+    loopback: bool = False
+
+    @property
+    def resolved_engine(self) -> str:
+        if self.engine != "auto":
+            return self.engine
+        return "paho" if self.tls_ca is not None or self.qos == 2 else "lean"
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that is out of range."""
+        if not self.targets:
+            raise ValueError("targets: at least one tenant is needed")
+        names = [t.tenant for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"targets: tenant names repeat: {names}")
+        for t in self.targets:
+            transport.check_topic_level(t.tenant, "tenant")
+        if (self.rate is None) == (self.concurrency is None):
+            raise ValueError("rate/concurrency: give exactly one (open loop at a rate or closed loop at a concurrency)")
+        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
+            raise ValueError(f"rate: {self.rate!r} must be a positive number of requests per second")
+        if self.concurrency is not None and self.concurrency < len(self.targets):
+            raise ValueError(f"concurrency: {self.concurrency!r} must be >= the number of tenants ({len(self.targets)})")
+        if self.duration is None and self.count is None:
+            raise ValueError("duration/count: give a duration, a count or both")
+        if self.duration is not None and not 0 < self.duration <= MAX_DURATION_S:
+            raise ValueError(f"duration: {self.duration!r} must be within (0, {MAX_DURATION_S:g}] seconds")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"count: {self.count!r} must be >= 1")
+        if self.batch < 1:
+            raise ValueError(f"batch: {self.batch!r} must be >= 1")
+        if self.window < 1:
+            raise ValueError(f"window: {self.window!r} must be >= 1")
+        if self.qos not in (0, 1, 2):
+            raise ValueError(f"qos: {self.qos!r} must be 0, 1 or 2")
+        if self.grace < 0:
+            raise ValueError(f"grace: {self.grace!r} must be >= 0")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine: {self.engine!r} must be one of {', '.join(ENGINES)}")
+        if self.resolved_engine == "lean" and (self.tls_ca is not None or self.qos == 2):
+            raise ValueError("engine: lean supports neither TLS nor QoS 2; use engine paho")
+        if self.request_timeout <= 0:
+            raise ValueError(f"request_timeout: {self.request_timeout!r} must be > 0")
+
+
+@dataclass
+class TenantResult:
+    tenant: str
+    counters: Counters
+    latency: LatencySummary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, **self.counters.to_dict(), "latency": self.latency.to_dict()}
+
+
+@dataclass
+class LoadResult:
+    """Everything a run measured; `to_dict()` is the `--json` document."""
+
+    mode: str
+    engine: str
+    target_rate: float | None
+    concurrency: int | None
+    batch: int
+    qos: int
+    counters: Counters
+    latency: LatencySummary
+    send_seconds: float
+    elapsed_seconds: float
+    tenants: list[TenantResult]
+    versions: dict[str, int] = field(default_factory=dict)
+    #: CPU time this process used while sending and receiving (all threads), to tell whether
+    #: the generator itself was the bottleneck: near elapsed_seconds means one core was saturated.
+    cpu_seconds: float = 0.0
+    #: Tenants whose connection broke during the run, with the reason.
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100.0 * self.cpu_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return 1e6 * self.cpu_seconds / self.counters.sent if self.counters.sent else 0.0
+
+    @property
+    def offered_rate(self) -> float:
+        """Requests per second actually sent (below target_rate if the generator could not keep up)."""
+        return rate(self.counters.sent, self.send_seconds)
+
+    @property
+    def throughput(self) -> float:
+        """Answers (success or error) per second, first send to last answer."""
+        return rate(self.counters.replied, self.elapsed_seconds)
+
+    @property
+    def forecasts_per_second(self) -> float:
+        return rate(self.counters.answered * self.batch, self.elapsed_seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "engine": self.engine,
+            "target_rate": self.target_rate,
+            "concurrency": self.concurrency,
+            "batch": self.batch,
+            "qos": self.qos,
+            **self.counters.to_dict(),
+            "send_seconds": round(self.send_seconds, 6),
+            "elapsed_seconds": round(self.elapsed_seconds, 6),
+            "offered_rate": round(self.offered_rate, 2),
+            "throughput": round(self.throughput, 2),
+            "forecasts_per_second": round(self.forecasts_per_second, 2),
+            "latency": self.latency.to_dict(),
+            "client_cpu_seconds": round(self.cpu_seconds, 3),
+            "client_cpu_percent": round(self.cpu_percent, 1),
+            "client_cpu_us_per_request": round(self.cpu_us_per_request, 1),
+            "versions": dict(sorted(self.versions.items())),
+            "failures": dict(self.failures),
+            "tenants": [t.to_dict() for t in self.tenants],
+        }
+
+    def format_text(self) -> str:
+        """The human summary the CLI prints."""
+        c, lat = self.counters, self.latency
+        how = f"open loop at {self.target_rate:g} req/s" if self.mode == "open" else f"closed loop at {self.concurrency} outstanding"
+        errors = ", ".join(f"{k}={v}" for k, v in sorted(c.errors.items())) or "none"
+        lines = [
+            f"load: {how}, batch {self.batch}, QoS {self.qos}, {len(self.tenants)} tenant(s), {self.engine} client",
+            f"sent {c.sent}  answered {c.answered}  errors {c.error_total} ({errors})  lost {c.lost}  "
+            f"duplicates {c.duplicates}  unexpected {c.unexpected}",
+            f"offered {self.offered_rate:,.0f} req/s over {self.send_seconds:.2f} s; throughput {self.throughput:,.0f} "
+            f"answers/s ({self.forecasts_per_second:,.0f} forecasts/s) over {self.elapsed_seconds:.2f} s",
+        ]
+        if lat.count:
+            lines.append(
+                f"latency ms: p50 {lat.p50_ms:.2f}  p95 {lat.p95_ms:.2f}  p99 {lat.p99_ms:.2f}  max {lat.max_ms:.2f}"
+                f"  (mean {lat.mean_ms:.2f}, n={lat.count})"
+            )
+        else:
+            lines.append("latency: no successful answers")
+        lines.append(f"generator CPU: {self.cpu_percent:.0f} % of one core, {self.cpu_us_per_request:.0f} µs per request")
+        if self.versions:
+            lines.append("versions: " + ", ".join(f"{k}={v}" for k, v in sorted(self.versions.items())))
+        for tenant, reason in sorted(self.failures.items()):
+            lines.append(f"connection of {tenant} failed: {reason}")
+        if len(self.tenants) > 1:
+            for t in self.tenants:
+                tc, tl = t.counters, t.latency
+                p99 = f"{tl.p99_ms:.2f}" if tl.count else "-"
+                lines.append(
+                    f"  {t.tenant}: sent {tc.sent} answered {tc.answered} errors {tc.error_total} lost {tc.lost} "
+                    f"duplicates {tc.duplicates} p99 {p99} ms"
+                )
+        return "\n".join(lines)
+
+
+def synthetic_windows(window: int, n: int = 64) -> tuple[tuple[float, ...], ...]:
+    """Plausible readings (a daily-ish cycle around 10) so any trained model gets in-range input."""
+    return tuple(
+        tuple(round(10.0 + 5.0 * math.sin((k + i) * 2 * math.pi / 24), 3) for i in range(window)) for k in range(n)
+    )
+
+
+def request_templates(
+    windows: Sequence[Sequence[float]], batch: int, model: str | None
+) -> list[tuple[bytes, bytes]]:
+    """(head, tail) pairs such that head + b'"' + id + b'"' + tail is encode_request(...) for that id."""
+    marker = f'"{_ID_MARK}"'.encode()
+    templates = []
+    for k in range(len(windows)):
+        if batch == 1:
+            encoded = protocol.encode_request(list(windows[k]), request_id=_ID_MARK, model=model)
+        else:
+            group = [list(windows[(k + j) % len(windows)]) for j in range(batch)]
+            encoded = protocol.encode_request(instances=group, request_id=_ID_MARK, model=model)
+        head, sep, tail = encoded.partition(marker)
+        if not sep or marker in tail:
+            raise AssertionError("request template must contain the id placeholder exactly once")
+        templates.append((head + b'"', b'"' + tail))
+    return templates
+
+
+class _PahoConnection:
+    """A lane's connection through paho (TLS, reconnects); the reference MQTT client."""
+
+    def __init__(self, lane: _Lane, spec: LoadSpec) -> None:
+        self.lane = lane
+        self.failure: str | None = None
+        self.ready = threading.Event()
+        self._subscribe_mid: int | None = None
+        self._topic_field = transport.response_topic_field(lane.reply_topic)
+        self.client = transport.make_client(lane.client_id, lane.target.username, lane.target.password, spec.tls_ca)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def start(self, spec: LoadSpec) -> None:
+        transport.start(self.client, spec.host, spec.port)
+
+    def wait_ready(self, timeout: float) -> None:
+        if not self.ready.wait(timeout):
+            raise ConnectionError(f"no connection within {timeout:g} s")
+        if self.failure:
+            raise ConnectionError(self.failure)
+
+    def publish(self, rid: bytes, payload: bytes) -> None:
+        props = transport.PublishProperties(self.lane.reply_topic, rid, self._topic_field)
+        self.client.publish(self.lane.request_topic, payload, self.lane.qos, properties=props)
+
+    def publish_many(self, requests: list[tuple[bytes, bytes]]) -> None:
+        for rid, payload in requests:
+            self.publish(rid, payload)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if reason_code.is_failure:
+            if not self.ready.is_set():
+                self.failure = f"broker refused the connection: {reason_code}"
+                self.ready.set()
+            return
+        _, self._subscribe_mid = client.subscribe(self.lane.reply_topic, qos=self.lane.qos)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reason_codes: list[Any], _p: Any) -> None:
+        if mid == self._subscribe_mid and not self.ready.is_set():
+            if any(rc.is_failure for rc in reason_codes):
+                self.failure = f"subscription to {self.lane.reply_topic} refused: {reason_codes[0]}"
+            self.ready.set()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.perf_counter_ns()
+        self.lane.on_answer(getattr(msg.properties, "CorrelationData", None), cast(bytes, msg.payload), now)
+
+
+class _LeanConnection:
+    """A lane's connection through leanmqtt: several times cheaper per request than paho."""
+
+    def __init__(self, lane: _Lane, spec: LoadSpec) -> None:
+        self.lane = lane
+        self.qos = spec.qos
+        self.client = leanmqtt.LeanClient(spec.host, spec.port, lane.client_id, lane.target.username,
+                                          lane.target.password)
+        self.client.on_message = lane.on_answer
+        self._header = leanmqtt.publish_header(spec.qos)
+        self._topic = leanmqtt.utf8_field(lane.request_topic)
+        self._topic_field = transport.response_topic_field(lane.reply_topic)
+        self._error: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def failure(self) -> str | None:
+        return self.client.failure
+
+    def start(self, spec: LoadSpec) -> None:
+        def run() -> None:
+            try:
+                self.client.connect(self.lane.reply_topic, self.qos, spec.connect_timeout)
+            except (ConnectionError, OSError) as exc:
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        assert self._thread is not None
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise ConnectionError(f"no connection within {timeout:g} s")
+        if self._error is not None:
+            raise ConnectionError(str(self._error))
+
+    def _encode(self, rid: bytes, payload: bytes) -> bytes:
+        props = transport.PublishProperties(self.lane.reply_topic, rid, self._topic_field).pack()
+        if self.qos:
+            body = b"".join((self._topic, self.client.next_packet_id().to_bytes(2, "big"), props, payload))
+        else:
+            body = b"".join((self._topic, props, payload))
+        return bytes((self._header,)) + leanmqtt.varint(len(body)) + body
+
+    def publish(self, rid: bytes, payload: bytes) -> None:
+        self.client.publish(self._encode(rid, payload), self.qos)
+
+    def publish_many(self, requests: list[tuple[bytes, bytes]]) -> None:
+        self.client.publish_many([self._encode(rid, payload) for rid, payload in requests], self.qos)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _Lane:
+    """One tenant's connection, its outstanding requests and what came back."""
+
+    def __init__(self, target: TenantTarget, spec: LoadSpec, templates: list[tuple[bytes, bytes]],
+                 on_reply: Callable[[_Lane, bytes], None] | None) -> None:
+        self.target = target
+        self.qos = spec.qos
+        self.client_id = transport.new_client_id("mll")
+        self.tag = self.client_id.rsplit("-", 1)[1].encode() + b"-"
+        self.request_topic = target.request_topic or protocol.request_topic(target.tenant, spec.prefix)
+        base = target.response_topic or protocol.response_topic(target.tenant, spec.prefix)
+        self.reply_topic = f"{base}/{self.client_id}"
+        if spec.loopback:
+            self.request_topic = self.reply_topic
+        self.templates = templates
+        self.on_reply = on_reply
+        self.inflight: dict[bytes, int] = {}
+        self.latency = LatencyRecorder()
+        self.errors: Counter[str] = Counter()
+        self.versions: Counter[str] = Counter()
+        self.duplicates = 0
+        self.unexpected = 0
+        self.last_reply_ns = 0
+        self._seq = itertools.count()
+        engine = spec.resolved_engine
+        self.conn: _PahoConnection | _LeanConnection = (
+            _LeanConnection(self, spec) if engine == "lean" else _PahoConnection(self, spec)
+        )
+
+    @property
+    def sent(self) -> int:
+        # Every id issued is either still in flight or was answered (success or error).
+        return len(self.latency) + sum(self.errors.values()) + len(self.inflight)
+
+    @property
+    def failure(self) -> str | None:
+        return self.conn.failure
+
+    def send(self) -> None:
+        n = next(self._seq)  # atomic under the GIL, so senders in several threads never share an id
+        rid = self.tag + b"%d" % n
+        head, tail = self.templates[n % len(self.templates)]
+        self.inflight[rid] = time.perf_counter_ns()
+        self.conn.publish(rid, head + rid + tail)
+
+    def send_many(self, count: int) -> None:
+        """Send `count` requests in one go (open loop catching up with its schedule)."""
+        batch = []
+        templates = self.templates
+        for _ in range(count):
+            n = next(self._seq)
+            rid = self.tag + b"%d" % n
+            head, tail = templates[n % len(templates)]
+            batch.append((rid, head + rid + tail))
+        now = time.perf_counter_ns()
+        for rid, _ in batch:
+            self.inflight[rid] = now
+        self.conn.publish_many(batch)
+
+    def on_answer(self, rid: bytes | None, payload: bytes, now: int) -> None:
+        """Called from the connection's network thread for every answer."""
+        sent_ns = self.inflight.pop(rid, None) if rid is not None else None
+        if sent_ns is None:
+            self._stray(rid)
+            return
+        self.last_reply_ns = now
+        try:
+            body = protocol.decode_response(payload)
+        except ValueError:
+            body = {"error": {"code": "undecodable_answer"}}
+        error = body.get("error")
+        if error is None:
+            self.latency.add(now - sent_ns)
+            version = body.get("version")
+            if version is not None:
+                self.versions[f"{body.get('model')}:{version}"] += 1
+        else:
+            self.errors[str(error.get("code") if isinstance(error, dict) else error)] += 1
+        if self.on_reply is not None:
+            self.on_reply(self, rid)  # type: ignore[arg-type]
+
+    def _stray(self, rid: bytes | None) -> None:
+        """An answer to nothing in flight: a duplicate if it names one of our past ids."""
+        if rid is not None and rid.startswith(self.tag):
+            tail = rid[len(self.tag):]
+            if tail.isdigit() and int(tail) < self.sent:
+                self.duplicates += 1
+                return
+        self.unexpected += 1
+
+    def result(self) -> TenantResult:
+        counters = Counters(
+            sent=self.sent, answered=len(self.latency), errors=Counter(self.errors), lost=len(self.inflight),
+            duplicates=self.duplicates, unexpected=self.unexpected,
+        )
+        return TenantResult(self.target.tenant, counters, self.latency.summary())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _ClosedLoop:
+    """Closed-loop bookkeeping: each reply (or a request that timed out) hands its slot to a new
+    request, until the run stops or a counted run has issued its `budget`."""
+
+    def __init__(self, budget: int | None) -> None:
+        self.stopped = False
+        self._budget = budget
+        self._issued = 0
+        self._lock = threading.Lock()
+        self.released: set[bytes] = set()
+
+    def take(self) -> bool:
+        if self.stopped:
+            return False
+        if self._budget is None:
+            return True
+        with self._lock:
+            if self._issued >= self._budget:
+                return False
+            self._issued += 1
+            return True
+
+    @property
+    def exhausted(self) -> bool:
+        """Every request of a counted run has been issued."""
+        return self._budget is not None and self._issued >= self._budget
+
+    def on_reply(self, lane: _Lane, rid: bytes) -> None:
+        if self.released:
+            try:
+                self.released.remove(rid)
+                return  # its slot was already given to another request
+            except KeyError:
+                pass
+        if self.take():
+            lane.send()
+
+    def release_stuck(self, lanes: Sequence[_Lane], older_than_ns: int) -> None:
+        """Give the slot of a request unanswered for too long to a new one (it may still be answered)."""
+        for lane in lanes:
+            for rid, sent_ns in list(lane.inflight.items()):
+                if sent_ns < older_than_ns and rid not in self.released:
+                    self.released.add(rid)
+                    if self.take():
+                        lane.send()
+
+
+def run_load(spec: LoadSpec) -> LoadResult:
+    """Connect one client per tenant, run the load, wait out the grace period and report."""
+    spec.validate()
+    templates = request_templates(spec.windows or synthetic_windows(spec.window), spec.batch, spec.model)
+    closed = _ClosedLoop(spec.count) if spec.concurrency is not None else None
+    lanes = [_Lane(t, spec, templates, closed.on_reply if closed else None) for t in spec.targets]
+    try:
+        _connect(lanes, spec)
+        cpu_start = time.process_time()
+        send_start = time.perf_counter_ns()
+        if closed is not None:
+            _run_closed(lanes, spec, closed)
+        else:
+            _run_open(lanes, spec)
+        send_end = time.perf_counter_ns()
+        _drain(lanes, spec.grace)
+        cpu_seconds = time.process_time() - cpu_start
+        tenants = [lane.result() for lane in lanes]
+    finally:
+        for lane in lanes:
+            lane.close()
+    counters = Counters()
+    for t in tenants:
+        counters.merge(t.counters)
+    last = max((lane.last_reply_ns for lane in lanes), default=0)
+    versions: Counter[str] = Counter()
+    for lane in lanes:
+        versions.update(lane.versions)
+    result = LoadResult(
+        mode="closed" if closed is not None else "open",
+        engine=spec.resolved_engine,
+        target_rate=spec.rate,
+        concurrency=spec.concurrency,
+        batch=spec.batch,
+        qos=spec.qos,
+        counters=counters,
+        latency=summarize_ns(s for lane in lanes for s in lane.latency.samples_ns),
+        send_seconds=(send_end - send_start) / 1e9,
+        elapsed_seconds=(max(last, send_end) - send_start) / 1e9 if counters.replied else (send_end - send_start) / 1e9,
+        tenants=tenants,
+        versions=dict(versions),
+        cpu_seconds=cpu_seconds,
+        failures={lane.target.tenant: lane.failure for lane in lanes if lane.failure},
+    )
+    event(log, "load_done", **{k: v for k, v in result.to_dict().items() if k != "tenants"})
+    return result
+
+
+def _connect(lanes: Sequence[_Lane], spec: LoadSpec) -> None:
+    for lane in lanes:
+        lane.conn.start(spec)
+    deadline = time.monotonic() + spec.connect_timeout
+    for lane in lanes:
+        try:
+            lane.conn.wait_ready(max(0.0, deadline - time.monotonic()))
+        except ConnectionError as exc:
+            raise ConnectionError(f"tenant {lane.target.tenant} at {spec.host}:{spec.port}: {exc}") from None
+
+
+def _run_open(lanes: Sequence[_Lane], spec: LoadSpec) -> None:
+    """Request i is due at start + i/rate, round-robin over tenants; whatever is due is sent at
+    once (one write per lane), so a late wake-up catches up instead of lowering the rate."""
+    assert spec.rate is not None
+    n_lanes = len(lanes)
+    limit = spec.count if spec.count is not None else math.inf
+    end = time.perf_counter() + spec.duration if spec.duration is not None else math.inf
+    start = time.perf_counter()
+    interval = 1.0 / spec.rate
+    sent = 0
+    while sent < limit and not _all_failed(lanes):
+        now = time.perf_counter()
+        if now >= end:
+            break
+        due = int(min(limit, int((now - start) * spec.rate) + 1))
+        if due > sent:
+            for k, lane in enumerate(lanes):
+                # requests sent..due-1 go to lane (i % n_lanes)
+                share = len(range(sent + (k - sent) % n_lanes, due, n_lanes))
+                if share:
+                    lane.send_many(share)
+            sent = due
+        ahead = start + sent * interval - time.perf_counter()
+        if ahead > 0:
+            time.sleep(min(ahead, 0.01))
+
+
+def _run_closed(lanes: Sequence[_Lane], spec: LoadSpec, closed: _ClosedLoop) -> None:
+    """Prime every lane with its share of the concurrency; replies keep the pipes full."""
+    assert spec.concurrency is not None
+    shares = [spec.concurrency // len(lanes) + (1 if i < spec.concurrency % len(lanes) else 0)
+              for i in range(len(lanes))]
+    for lane, share in zip(lanes, shares):
+        for _ in range(share):
+            if closed.take():
+                lane.send()
+    end = time.monotonic() + spec.duration if spec.duration is not None else math.inf
+    timeout_ns = int(spec.request_timeout * 1e9)
+    while time.monotonic() < end and not closed.exhausted and not _all_failed(lanes):
+        time.sleep(_MONITOR_INTERVAL_S)
+        closed.release_stuck(lanes, time.perf_counter_ns() - timeout_ns)
+    closed.stopped = True
+
+
+def _drain(lanes: Sequence[_Lane], grace: float) -> None:
+    """Wait for outstanding answers; what is still outstanding after `grace` seconds is lost."""
+    deadline = time.monotonic() + grace
+    while any(lane.inflight for lane in lanes) and time.monotonic() < deadline and not _all_failed(lanes):
+        time.sleep(0.01)
+
+
+def _all_failed(lanes: Sequence[_Lane]) -> bool:
+    """Every connection broke (lean engine): nothing more can be sent or answered."""
+    return all(lane.failure for lane in lanes)

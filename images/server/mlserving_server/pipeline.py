@@ -1,0 +1,247 @@
+"""From an MQTT message to exactly one answer: admission, parsing, grouped inference, replies.
+
+Two threads touch this module:
+- the MQTT network thread runs `admit`: route check inputs, rate limit, queue bound. It does no
+  parsing beyond what a rejection needs, so the network loop never waits for a model;
+- the batching worker runs `process` on up to max_batch queued messages: parse each, group
+  the valid ones by model runtime, run one inference per group, publish every answer.
+Every path through both functions ends in exactly one `_answer` / `_fail` per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from paho.mqtt.client import MQTTMessage
+
+from mlserving_common import protocol
+from mlserving_common.protocol import ErrorCode, ProtocolError, Request
+
+from mlserving_server.batching import Batcher
+from mlserving_server.config import ServerConfig, TenantConfig
+from mlserving_server.metrics import Metrics
+from mlserving_server.models import ModelStore
+from mlserving_server.ratelimit import TokenBucket
+from mlserving_server.runtime import ModelRuntime
+from mlserving_server.transport import Transport, reply_properties
+
+log = logging.getLogger("mlserving.pipeline")
+_perf = time.perf_counter
+
+
+@dataclass(eq=False)
+class Tenant:
+    """A tenant's config plus its mutable serving state (rate-limit bucket, metric children)."""
+
+    config: TenantConfig
+    bucket: TokenBucket
+
+    def __post_init__(self) -> None:
+        self.name = self.config.name
+        self.response_topic = self.config.response_topic
+        self.response_namespace = self.config.response_topic + "/"
+        self.models = self.config.models
+        self.default_model = self.config.default_model
+
+    def reply_topic(self, requested: str | None) -> str | None:
+        """Where to answer: the request's Response Topic if inside our namespace, else None."""
+        if requested is None:
+            return self.response_topic
+        if requested == self.response_topic or (
+            requested.startswith(self.response_namespace) and "+" not in requested and "#" not in requested
+        ):
+            return requested
+        return None
+
+
+# A queued message: (tenant, payload, response topic, correlation data, arrival time).
+Item = tuple[Tenant, bytes, "str | None", "bytes | None", float]
+
+
+def _peek_id(payload: bytes, max_bytes: int) -> str | None:
+    """The request id of a message we reject without parsing, so the client can still match it."""
+    if len(payload) > max_bytes:
+        return None
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(body, dict):
+        rid = body.get("id")
+        if isinstance(rid, str) and 0 < len(rid) <= protocol.MAX_ID_LENGTH:
+            return rid
+    return None
+
+
+class Pipeline:
+    def __init__(self, config: ServerConfig, store: ModelStore, metrics: Metrics) -> None:
+        self._config = config
+        self._store = store
+        self._metrics = metrics
+        self._max_bytes = config.limits.max_payload_bytes
+        self._max_instances = config.limits.max_instances
+        self.tenants = {
+            name: Tenant(t, TokenBucket(t.rate_limit.per_second, t.rate_limit.burst)) for name, t in config.tenants.items()
+        }
+        self._by_topic = {t.config.request_topic: t for t in self.tenants.values()}
+        self.batcher: Batcher[Item] = Batcher(
+            self.process,
+            config.batching.max_batch,
+            config.batching.max_wait_ms,
+            config.limits.max_pending,
+            name="batch-worker",
+        )
+        self.transport: Transport | None = None  # set by the app once created
+
+    # -- network thread ----------------------------------------------------------------------
+    def admit(self, message: MQTTMessage) -> None:
+        """Queue a request for the worker, or answer its rejection right away."""
+        arrived = _perf()
+        tenant = self._by_topic.get(message.topic)
+        if tenant is None:
+            log.warning("message on unexpected topic", extra={"fields": {"topic": message.topic}})
+            return
+        properties = message.properties
+        response_topic = getattr(properties, "ResponseTopic", None)
+        correlation = getattr(properties, "CorrelationData", None)
+        item: Item = (tenant, message.payload, response_topic, correlation, arrived)
+        if not tenant.bucket.take():
+            self._reject(item, ErrorCode.RATE_LIMITED, f"tenant {tenant.name} is over its rate limit")
+        elif not self.batcher.submit(item):
+            self._reject(item, ErrorCode.OVERLOADED, "server queue is full, retry later")
+
+    def _reject(self, item: Item, code: str, message: str) -> None:
+        tenant, payload = item[0], item[1]
+        self._fail(item, _peek_id(payload, self._max_bytes), code, message, "", "")
+
+    # -- worker thread -----------------------------------------------------------------------
+    def process(self, batch: list[Item]) -> None:
+        """Answer every item of a batch; valid requests share one inference per model runtime."""
+        groups: dict[ModelRuntime, list[tuple[Item, Request, str]]] = {}
+        for item in batch:
+            try:
+                accepted = self._validate(item)
+            except Exception as exc:  # a bug must cost one error answer, not the batch
+                log.exception("request validation failed")
+                self._fail(item, _peek_id(item[1], self._max_bytes), ErrorCode.INTERNAL, str(exc), "", "")
+                continue
+            if accepted is not None:
+                runtime, request, topic = accepted
+                groups.setdefault(runtime, []).append((item, request, topic))
+        for runtime, entries in groups.items():
+            self._infer(runtime, entries)
+
+    def _validate(self, item: Item) -> tuple[ModelRuntime, Request, str] | None:
+        tenant, payload, response_topic, correlation, _ = item
+        topic = tenant.reply_topic(response_topic)
+        if topic is None:
+            self._fail(
+                item,
+                _peek_id(payload, self._max_bytes),
+                ErrorCode.INVALID_REQUEST,
+                f"response topic {response_topic!r} is outside {tenant.response_topic!r} and its subtopics",
+                "",
+                "",
+            )
+            return None
+        try:
+            request = protocol.parse_request(payload, self._max_bytes, self._max_instances)
+        except ProtocolError as exc:
+            self._fail(item, exc.request_id, exc.code, exc.message, "", "", topic)
+            return None
+        model = request.model or tenant.default_model
+        spec = tenant.models.get(model)
+        if spec is None:
+            self._fail(
+                item,
+                request.id,
+                ErrorCode.UNKNOWN_MODEL,
+                f"model {model!r} is not served to tenant {tenant.name}; choose one of {sorted(tenant.models)}",
+                model,
+                "",
+                topic,
+            )
+            return None
+        runtime = self._store.get(model, spec)
+        if runtime is None:
+            self._fail(item, request.id, ErrorCode.MODEL_UNAVAILABLE, f"model {model} is not loaded yet", model, "", topic)
+            return None
+        window = runtime.window
+        for index, instance in enumerate(request.instances):
+            if len(instance) != window:
+                where = f"instances[{index}]" if request.batched else "series"
+                self._fail(
+                    item,
+                    request.id,
+                    ErrorCode.WRONG_WINDOW,
+                    f"'{where}' has {len(instance)} values, model {model} {runtime.version} needs {window}",
+                    model,
+                    runtime.version,
+                    topic,
+                )
+                return None
+        return runtime, request, topic
+
+    def _infer(self, runtime: ModelRuntime, entries: list[tuple[Item, Request, str]]) -> None:
+        try:
+            rows = [instance for _, request, _ in entries for instance in request.instances]
+            windows = np.array(rows, dtype=np.float32)
+            normalized = None
+            if any(request.normalized for _, request, _ in entries):
+                normalized = np.array(
+                    [request.normalized for _, request, _ in entries for _ in request.instances], dtype=bool
+                )
+            sizes, timer = self._metrics.batch_for(runtime.name)
+            started = _perf()
+            forecasts = runtime.predict(windows, normalized)
+            timer.observe(_perf() - started)
+            sizes.observe(len(rows))
+            finite = np.isfinite(forecasts).all(axis=1)
+            values: list[Any] = forecasts[:, 0].tolist() if runtime.output_size == 1 else forecasts.tolist()
+        except Exception as exc:  # e.g. a poison input making the interpreter fail
+            log.exception("inference failed", extra={"fields": {"model": runtime.name, "version": runtime.version}})
+            for item, request, topic in entries:
+                self._fail(item, request.id, ErrorCode.INTERNAL, f"inference failed: {exc}", runtime.name, runtime.version, topic)
+            return
+        all_finite = bool(finite.all())
+        position = 0
+        for item, request, topic in entries:
+            count = len(request.instances)
+            if not all_finite and not finite[position : position + count].all():
+                self._fail(
+                    item, request.id, ErrorCode.INTERNAL, "model produced a non-finite forecast", runtime.name, runtime.version, topic
+                )
+            else:
+                body = protocol.encode_prediction(
+                    request, values[position : position + count], item[0].name, runtime.name, runtime.version
+                )
+                self._send(item, topic, body, runtime.name, runtime.version, "ok")
+            position += count
+
+    # -- answers -----------------------------------------------------------------------------
+    def _fail(
+        self,
+        item: Item,
+        request_id: str | None,
+        code: str,
+        message: str,
+        model: str,
+        version: str,
+        topic: str | None = None,
+    ) -> None:
+        tenant = item[0]
+        body = protocol.encode_error(request_id, code, message, tenant.name)
+        self._send(item, topic or tenant.response_topic, body, model, version, code)
+
+    def _send(self, item: Item, topic: str, body: bytes, model: str, version: str, outcome: str) -> None:
+        tenant, _, _, correlation, arrived = item
+        assert self.transport is not None
+        self.transport.publish(topic, body, reply_properties(correlation))
+        metrics = self._metrics
+        metrics.request_counter(tenant.name, model, version, outcome).inc()
+        metrics.latency_for(tenant.name).observe(_perf() - arrived)

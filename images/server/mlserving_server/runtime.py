@@ -1,0 +1,136 @@
+"""One loaded model version: LiteRT interpreters per batch-size bucket, normalise -> infer -> denormalise.
+
+Resizing a LiteRT interpreter re-plans its memory, far too slow to do per batch. So each
+runtime keeps one interpreter per power-of-two bucket up to max_batch, with preallocated input
+buffers; a batch runs on the smallest bucket that holds it, padded with zeros.
+Only the batching worker calls `predict`, so no locking is needed here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from mlserving_common.package import MODEL_FILE, Metadata, PackageError, verify_package
+
+
+def buckets_for(max_batch: int) -> list[int]:
+    """Powers of two below max_batch, then max_batch itself: [1, 2, 4, ..., max_batch]."""
+    sizes, size = [], 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    sizes.append(max_batch)
+    return sizes
+
+
+@dataclass
+class _Bucket:
+    size: int
+    interpreter: Interpreter
+    input_index: int
+    output_index: int
+    buffer: np.ndarray  # (size, *input dims), float32, reused for every call
+
+
+class ModelRuntime:
+    """A verified, warmed-up model version, ready for the hot path."""
+
+    def __init__(self, package_dir: Path, max_batch: int, num_threads: int = 1) -> None:
+        started = time.perf_counter()
+        self.package_dir = Path(package_dir)
+        self.metadata: Metadata = verify_package(self.package_dir)
+        self.name = self.metadata.name
+        self.version = self.metadata.version
+        self.window = self.metadata.window
+        self.mean = np.float32(self.metadata.normalization.mean)
+        self.std = np.float32(self.metadata.normalization.std)
+        self.inv_std = np.float32(1.0) / self.std
+        self.input_dims = tuple(self.metadata.input.shape[1:])
+        self.output_dims = tuple(self.metadata.output.shape[1:])
+        self.output_size = int(np.prod(self.output_dims))
+        if int(np.prod(self.input_dims)) != self.window:
+            raise PackageError(f"input.shape: {self.metadata.input.shape} must hold exactly window={self.window} values")
+        # Read once: later changes to the file on disk cannot affect a model that serves.
+        model_bytes = (self.package_dir / MODEL_FILE).read_bytes()
+        self._buckets = [self._make_bucket(model_bytes, size, num_threads) for size in buckets_for(max_batch)]
+        self.max_bucket = self._buckets[-1].size
+        self._by_size = self._bucket_index()
+        self._warm_up()
+        self.load_seconds = time.perf_counter() - started
+
+    def _make_bucket(self, model_bytes: bytes, size: int, num_threads: int) -> _Bucket:
+        try:
+            interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
+        except (ValueError, RuntimeError) as exc:
+            raise PackageError(f"{self.package_dir / MODEL_FILE}: LiteRT cannot load it ({exc})") from None
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise PackageError(f"{MODEL_FILE}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")
+        for label, detail, dims in (("input", inputs[0], self.input_dims), ("output", outputs[0], self.output_dims)):
+            actual = tuple(int(d) for d in detail["shape_signature"][1:])
+            if actual != dims:
+                raise PackageError(f"{MODEL_FILE}: {label} shape {list(detail['shape_signature'])} != metadata [-1, {dims}]")
+            if detail["dtype"] != np.float32:
+                raise PackageError(f"{MODEL_FILE}: {label} dtype {detail['dtype']} is not float32")
+        try:
+            interpreter.resize_tensor_input(inputs[0]["index"], [size, *self.input_dims])
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise PackageError(f"{MODEL_FILE}: cannot resize to batch {size} ({exc})") from None
+        buffer = np.zeros((size, *self.input_dims), dtype=np.float32)
+        output_index = interpreter.get_output_details()[0]["index"]
+        return _Bucket(size, interpreter, inputs[0]["index"], output_index, buffer)
+
+    def _bucket_index(self) -> list[_Bucket]:
+        """by_size[n] = smallest bucket holding n rows, for n in 0..max_bucket."""
+        index, position = [], 0
+        for n in range(self.max_bucket + 1):
+            while self._buckets[position].size < n:
+                position += 1
+            index.append(self._buckets[position])
+        return index
+
+    def _warm_up(self) -> None:
+        """Run every bucket once on realistic input; refuse models that answer NaN/inf."""
+        for bucket in self._buckets:
+            sample = np.full((bucket.size, self.window), self.metadata.normalization.mean, dtype=np.float32)
+            sample += np.linspace(-1.0, 1.0, self.window, dtype=np.float32) * self.std
+            try:
+                output = self.predict(sample)
+            except (ValueError, RuntimeError) as exc:
+                raise PackageError(f"{MODEL_FILE}: warm-up inference failed at batch {bucket.size} ({exc})") from None
+            if output.shape != (bucket.size, self.output_size) or not np.isfinite(output).all():
+                raise PackageError(f"{MODEL_FILE}: warm-up inference at batch {bucket.size} gave non-finite output")
+
+    def predict(self, windows: np.ndarray, normalized: np.ndarray | None = None) -> np.ndarray:
+        """(n, window) raw readings -> (n, output_size) forecasts in the same units.
+
+        Rows flagged in `normalized` (the legacy payload) are already z-scored and are answered
+        in normalised units.
+        """
+        n = windows.shape[0]
+        scaled = (windows - self.mean) * self.inv_std
+        if normalized is not None:
+            scaled[normalized] = windows[normalized]
+        result = np.empty((n, self.output_size), dtype=np.float32)
+        step = self.max_bucket
+        for start in range(0, n, step):
+            chunk = scaled[start : start + step]
+            rows = chunk.shape[0]
+            bucket = self._by_size[rows]
+            flat = bucket.buffer.reshape(bucket.size, -1)
+            flat[:rows] = chunk
+            if rows < bucket.size:
+                flat[rows:] = 0.0
+            bucket.interpreter.set_tensor(bucket.input_index, bucket.buffer)
+            bucket.interpreter.invoke()
+            result[start : start + rows] = bucket.interpreter.get_tensor(bucket.output_index)[:rows].reshape(rows, -1)
+        forecasts = result * self.std + self.mean
+        if normalized is not None:
+            forecasts[normalized] = result[normalized]
+        return forecasts

@@ -1,0 +1,245 @@
+"""Every chart claim, proven on the real single-node cluster (issue 5's scenarios, in order).
+
+The tests share one release (module-scoped fixture) and run in file order: later scenarios
+build on the state of earlier ones (e.g. v2 is published by the retrain job before the
+upgrade to v2). Each prints an `E2E` line with its figures for the closing note.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from mlserving_common import protocol
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from e2e_harness import CHART, RELEASE, SERIES, Release, SteadyLoad
+
+pytestmark = pytest.mark.e2e
+
+
+def figure(scenario: str, **values: object) -> None:
+    print(f"\nE2E {scenario}: " + " ".join(f"{k}={v}" for k, v in values.items()), flush=True)
+
+
+def wait_until(predicate, timeout: float, interval: float = 2.0, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def replicas(release: Release, tenant: str) -> int:
+    return len(release.server_pods(tenant))
+
+
+def retrain(release: Release, model: str, job: str) -> float:
+    """Run the model's CronJob now (`kubectl create job --from`) and wait for it; returns seconds."""
+    started = time.monotonic()
+    release.kubectl("create", "job", job, f"--from=cronjob/{RELEASE}-retrain-{model}")
+    try:
+        release.kubectl("wait", "--for=condition=complete", f"job/{job}", "--timeout=900s", timeout=930)
+    except BaseException:
+        print(release.kubectl("logs", f"job/{job}", "--tail=80"))
+        raise
+    return time.monotonic() - started
+
+
+def test_install_ready_and_helm_test(release: Release) -> None:
+    for tenant in ("tenant-a", "tenant-b"):
+        deploy = release.get("deployment", release.deployment(tenant))
+        assert deploy["status"].get("readyReplicas", 0) >= 1, deploy["status"]
+    broker = release.get("statefulset", f"{RELEASE}-broker")
+    assert broker["status"].get("readyReplicas") == 1
+    started = time.monotonic()
+    result = release.helm("test", RELEASE, "--logs", "--timeout", "5m")
+    assert "all 2 tenant(s) answered" in result.stdout, result.stdout
+    figure("helm-test", seconds=round(time.monotonic() - started, 1))
+
+
+def test_round_trip_per_tenant(release: Release) -> None:
+    expected = {"tenant-a": "lstm", "tenant-b": "ann"}
+    for tenant, model in expected.items():
+        with release.client(tenant) as client:
+            answer = client.predict(SERIES, timeout=10)
+        assert answer.tenant == tenant and answer.model == model and answer.version == "v1"
+        assert isinstance(answer.value, float)
+        figure("round-trip", tenant=tenant, model=model, prediction=round(answer.value, 2), ms=round(answer.latency_s * 1e3, 1))
+
+
+def test_tenant_cannot_touch_another_tenants_queues(release: Release) -> None:
+    """tenant-a's credentials: publishing on tenant-b's queue is refused, and none of tenant-b's answers arrive.
+
+    Mosquitto 2.0 may grant the SUBSCRIBE itself and enforce the read ACL on delivery, so the
+    proof is that nothing is delivered, not the SUBACK code.
+    """
+    outcome: dict[str, object] = {}
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-intruder", protocol=mqtt.MQTTv5)
+    client.username_pw_set("tenant-a", release.passwords["tenant-a"])
+    client.on_subscribe = lambda c, u, mid, codes, p: outcome.__setitem__("suback", [c.value for c in codes])
+    client.on_publish = lambda c, u, mid, code, p: outcome.__setitem__("puback", code.value)
+    client.on_message = lambda c, u, msg: outcome.setdefault("leaked", []).append(msg.topic)  # type: ignore[union-attr]
+    client.connect(release.host, release.port)
+    client.loop_start()
+    try:
+        wait_until(client.is_connected, 20, 0.2, "tenant-a to connect")
+        client.subscribe(protocol.response_topic("tenant-b") + "/#", qos=1)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = protocol.response_topic("tenant-a") + "/e2e-intruder"
+        client.publish(protocol.request_topic("tenant-b"), protocol.encode_request(SERIES, request_id="x"), qos=1, properties=props)
+        wait_until(lambda: "suback" in outcome and "puback" in outcome, 20, 0.2, "SUBACK and PUBACK")
+        # Tenant-b's own traffic must not reach tenant-a's subscription either.
+        with release.client("tenant-b") as victim:
+            victim.predict(SERIES, timeout=10)
+        time.sleep(1)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert outcome["puback"] == 0x87, outcome  # Not authorized
+    assert "leaked" not in outcome, outcome
+    figure("isolation", suback=outcome["suback"], puback=hex(outcome["puback"]))  # type: ignore[arg-type]
+
+
+def test_bad_values_fail_install_naming_the_field(release: Release) -> None:
+    cases = {
+        "tenants.tenant-x.replicas": ["--set", "tenants.tenant-x.model.name=lstm", "--set-string", "tenants.tenant-x.replicas=three"],
+        "bogusKey": ["--set", "tenants.tenant-x.model.name=lstm", "--set", "tenants.tenant-x.bogusKey=1"],
+    }
+    for field, args in cases.items():
+        result = release.helm("install", "bad-values", str(CHART), *args, check=False)
+        assert result.returncode != 0, result.stdout
+        assert field.split(".")[-1] in result.stderr, result.stderr
+        figure("bad-values", field=field, message=result.stderr.strip().splitlines()[-1][:160])
+    assert release.helm("status", "bad-values", check=False).returncode != 0
+
+
+def test_retrain_publishes_v2_without_promoting(release: Release) -> None:
+    seconds = {model: round(retrain(release, model, f"retrain-{model}-v2"), 1) for model in ("lstm", "ann")}
+    with release.client("tenant-a") as client:
+        assert client.predict(SERIES, timeout=10).version == "v1"  # autoPromote is off: still v1
+    figure("retrain-v2", **{f"{m}_seconds": s for m, s in seconds.items()})
+
+
+def test_upgrade_to_v2_under_load_loses_nothing(release: Release) -> None:
+    with release.client("tenant-a") as client:
+        load = SteadyLoad(client, rate=40).start()
+        time.sleep(10)
+        upgrade_started = time.monotonic()
+        release.helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "model.version=v2",
+                     "--wait", "--timeout", "5m")
+        release.wait_rollout("tenant-a")
+        upgrade_done = time.monotonic()
+        time.sleep(10)
+        outcome = load.stop()
+    figure("upgrade-v2", summary=outcome.summary(), versions=outcome.versions(),
+           p99_before_ms=round(outcome.p99_ms(end=upgrade_started), 1),
+           p99_during_ms=round(outcome.p99_ms(upgrade_started, upgrade_done), 1),
+           rollout_seconds=round(upgrade_done - upgrade_started, 1))
+    assert outcome.lost == 0 and not outcome.errors, outcome.summary()
+    assert outcome.versions() == ["v1", "v2"], outcome.versions()
+
+
+def test_autopromoted_retrain_is_served_without_restart(release: Release) -> None:
+    release.helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "model.version=current",
+                 "--set", "retraining.models.lstm.autoPromote=true", "--wait", "--timeout", "5m")
+    release.wait_rollout("tenant-a")
+    before = {p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"] for p in release.server_pods("tenant-a")}
+    seconds = retrain(release, "lstm", "retrain-lstm-v3")
+    with release.client("tenant-a") as client:
+        served = wait_until(lambda: client.predict(SERIES, timeout=10).version == "v3", 60, 1, "v3 to be served")
+    after = {p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"] for p in release.server_pods("tenant-a")}
+    assert served and before == after, (before, after)
+    figure("autopromote", train_seconds=round(seconds, 1), pods_unchanged=before == after)
+
+
+def test_hpa_scales_out_and_in_under_load(release: Release) -> None:
+    tenant = "tenant-a"
+    assert replicas(release, tenant) == 1
+    with release.client(tenant) as probe_client, release.client(tenant, attempts=8) as heavy_client:
+        probe = SteadyLoad(probe_client, rate=10).start()
+        heavy = SteadyLoad(heavy_client, rate=400).start()
+        started = time.monotonic()
+        wait_until(lambda: replicas(release, tenant) > 1, 240, 3, "the HPA to scale out")
+        scaled_out = time.monotonic() - started
+        heavy_outcome = heavy.stop()
+        stopped = time.monotonic()
+        wait_until(lambda: release.get("deployment", release.deployment(tenant))["spec"]["replicas"] == 1, 300, 5,
+                   "the HPA to scale back in")
+        scaled_in = time.monotonic() - stopped
+        time.sleep(5)
+        outcome = probe.stop()
+    figure("hpa", scale_out_seconds=round(scaled_out, 1), scale_in_seconds=round(scaled_in, 1),
+           probe=outcome.summary(), heavy=heavy_outcome.summary())
+    assert outcome.lost == 0 and not outcome.errors, outcome.summary()
+    assert heavy_outcome.lost == 0, heavy_outcome.summary()
+
+
+def test_deleted_serving_pod_is_replaced_and_nothing_is_lost(release: Release) -> None:
+    tenant = "tenant-b"
+    victim = release.server_pods(tenant)[0]["metadata"]["name"]
+    with release.client(tenant) as client:
+        load = SteadyLoad(client, rate=40).start()
+        time.sleep(5)
+        release.kubectl("delete", "pod", victim, "--wait=false")
+        release.wait_rollout(tenant)
+        wait_until(lambda: any(p["metadata"]["name"] != victim and p["status"].get("phase") == "Running"
+                               for p in release.server_pods(tenant)), 180, 2, "a replacement pod")
+        time.sleep(10)
+        outcome = load.stop()
+    figure("pod-delete", summary=outcome.summary(), p99_ms=round(outcome.p99_ms(), 1))
+    assert outcome.lost == 0 and not outcome.errors, outcome.summary()
+
+
+def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> None:
+    marker = f"kept-{time.time_ns()}"
+    topic = f"{protocol.DEFAULT_PREFIX}/_registry/e2e-marker/current"
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-trainer", protocol=mqtt.MQTTv5)
+    publisher.username_pw_set("ml-trainer", release.passwords["ml-trainer"])
+    publisher.connect(release.host, release.port)
+    publisher.loop_start()
+    publisher.publish(topic, marker, qos=1, retain=True).wait_for_publish(10)
+    publisher.loop_stop()
+    publisher.disconnect()
+    time.sleep(2)  # let autosave/persistence see it before the restart
+
+    with release.client("tenant-a") as client:
+        load = SteadyLoad(client, rate=20).start()
+        time.sleep(5)
+        restarted = time.monotonic()
+        release.kubectl("delete", "pod", f"{RELEASE}-broker-0", "--wait=true", timeout=120)
+        release.kubectl("rollout", "status", f"statefulset/{RELEASE}-broker", "--timeout=180s", timeout=200)
+        wait_until(lambda: client.predict(SERIES, timeout=5).version is not None, 120, 2, "answers after the restart")
+        recovered = time.monotonic() - restarted
+        time.sleep(5)
+        outcome = load.stop(grace=90)
+
+    retained: list[bytes] = []
+    reader = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-reader", protocol=mqtt.MQTTv5)
+    reader.username_pw_set("ml-trainer", release.passwords["ml-trainer"])
+    reader.on_message = lambda c, u, msg: retained.append(msg.payload)
+    reader.connect(release.host, release.port)
+    reader.subscribe(topic, qos=1)
+    reader.loop_start()
+    wait_until(lambda: retained, 20, 0.5, "the retained marker")
+    reader.loop_stop()
+    reader.disconnect()
+    figure("broker-restart", recovered_seconds=round(recovered, 1), summary=outcome.summary(), retained_kept=retained[0].decode() == marker)
+    assert retained[0].decode() == marker
+    assert outcome.lost == 0, outcome.summary()
+    assert not outcome.errors, outcome.summary()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _describe_on_failure(release: Release, request: pytest.FixtureRequest):  # noqa: ANN202
+    """After the module, dump the namespace state when something failed (for CI logs)."""
+    yield
+    if request.session.testsfailed:
+        print(release.kubectl("get", "all,pvc,events", "-o", "wide"))
+        for pod in release.get("pods")["items"]:
+            print(pod["metadata"]["name"], json.dumps(pod["status"].get("containerStatuses", []))[:1500])

@@ -1,0 +1,76 @@
+"""mlserving-train without TensorFlow: help, data generation and registry commands."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlserving_common.package import Metadata, Normalization, TensorSpec, write_package
+from mlserving_common.registry import FilesystemRegistry
+from mlserving_training.cli import COMMANDS, main
+
+
+def test_help_works_for_every_subcommand_without_importing_tensorflow() -> None:
+    code = (
+        "import sys\nfrom mlserving_training.cli import main, COMMANDS\n"
+        "for name in [None, *COMMANDS]:\n"
+        "    try:\n"
+        "        main(['--help'] if name is None else [name, '--help'])\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, name\n"
+        "assert 'tensorflow' not in sys.modules\nprint('OK')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("OK")
+    assert "pipeline" in result.stdout and "rollback" in result.stdout
+
+
+def test_generate_writes_a_bts_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bts.csv"
+    assert main(["generate", "--stations", "2", "--days", "3", "--seed", "1", "--out", str(out)]) == 0
+    frame = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == ["station_id", "parameter_id", "reading_time", "value"]
+    assert set(frame["station_id"]) == {"BTS001", "BTS002"}
+    assert "wrote" in capsys.readouterr().out
+
+
+def _package(where: Path, payload: bytes) -> Path:
+    metadata = Metadata(
+        name="ann", version="v0", created_at="2026-01-01T00:00:00Z", window=6,
+        normalization=Normalization(0.0, 1.0), input=TensorSpec([-1, 6]), output=TensorSpec([-1, 1]),
+        model_sha256=hashlib.sha256(payload).hexdigest(),
+    )
+    write_package(where, payload, metadata)
+    return where
+
+
+def test_registry_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reg = str(tmp_path / "reg")
+    pkg = str(_package(tmp_path / "pkg", b"m"))
+    assert main(["publish", pkg, "--registry", reg, "--promote"]) == 0
+    assert "published ann v1" in capsys.readouterr().out
+    assert main(["publish", pkg, "--registry", reg]) == 0
+    assert main(["promote", "--registry", reg, "ann", "v2"]) == 0
+    assert "v1 -> v2" in capsys.readouterr().out
+    assert main(["list", "--registry", reg]) == 0
+    listing = capsys.readouterr().out
+    assert "ann: current v2" in listing and " * v2" in listing
+    assert main(["show", "--registry", reg, "ann"]) == 0
+    assert '"version": "v2"' in capsys.readouterr().out
+    assert main(["rollback", "--registry", reg, "ann"]) == 0
+    assert FilesystemRegistry(reg).current("ann") == "v1"
+    assert main(["rollback", "--registry", reg, "ann"]) == 1
+    assert "no previously promoted" in capsys.readouterr().err
+    assert main(["promote", "--registry", reg, "ann", "v9"]) == 1
+
+
+def test_config_errors_exit_with_usage_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--epochs", "0"]) == 2
+    assert "epochs:" in capsys.readouterr().err
+    assert set(COMMANDS) >= {"generate", "train", "evaluate", "publish", "list", "promote", "rollback", "pipeline"}

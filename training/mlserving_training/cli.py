@@ -1,0 +1,284 @@
+"""`mlserving-train`: generate data, train, evaluate, publish and manage model versions.
+
+Heavy imports (TensorFlow, pandas) happen inside the subcommands, so --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlserving_training.config import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _emit(line: str) -> None:
+    print(line, flush=True)
+
+
+def _log_event(name: str, **fields: object) -> None:
+    import logging
+
+    from mlserving_common.logs import event
+
+    event(logging.getLogger("mlserving.training"), name, **fields)
+
+
+def _column_pairs(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    pairs = {}
+    for item in items:
+        standard, sep, name = item.partition("=")
+        if not sep:
+            raise ConfigError(f"columns: {item!r} must look like standard=csv_name, e.g. reading_time=ts")
+        pairs[standard.strip()] = name.strip()
+    return pairs
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` and `pipeline`; each overrides the YAML file and environment."""
+    parser.add_argument("--config", help="YAML file of TrainConfig settings (also MLSERVING_TRAIN_CONFIG)")
+    parser.add_argument("--data", help="BTS CSV (station_id, parameter_id, reading_time, value); empty = synthetic")
+    parser.add_argument("--column", action="append", metavar="STANDARD=CSV_NAME", help="map a column name (repeatable)")
+    parser.add_argument("--series", help="series to train on, 'station_id/parameter_id' (default: the first)")
+    parser.add_argument("--model", choices=["lstm", "ann"], help="model kind (default lstm)")
+    parser.add_argument("--name", help="registry model name (default: the model kind)")
+    parser.add_argument("--window", type=int, help="readings per input window (default 6)")
+    parser.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default 64)")
+    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--patience", type=int, help="early-stopping patience in epochs, 0 = off (default 5)")
+    parser.add_argument("--seed", type=int, help="random seed (default 42)")
+    parser.add_argument("--units", type=int, help="LSTM units / dense width (default 32)")
+    parser.add_argument("--train-fraction", type=float, help="oldest share of the series for training (0.7)")
+    parser.add_argument("--val-fraction", type=float, help="next share for validation (0.15); the rest is test")
+    parser.add_argument("--tolerance", type=float, help="max |TFLite - Keras| allowed before refusing (1e-4)")
+    parser.add_argument("--out", help="package directory to write (default packages/<name>)")
+    parser.add_argument("--plot", help="forecast PNG path (default <out>-forecast.png; 'none' disables)")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
+    keys = ["data", "series", "model", "name", "window", "epochs", "batch_size", "learning_rate", "patience",
+            "seed", "units", "train_fraction", "val_fraction", "tolerance", "out", "plot"]
+    overrides = {key: getattr(args, key) for key in keys}
+    overrides["columns"] = _column_pairs(args.column)
+    for key in ("registry", "promote"):
+        if getattr(args, key, None):
+            overrides[key] = getattr(args, key)
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlserving-train",
+        description="Train time-series forecasters into verified TFLite packages and manage a model registry.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="write a CSV of synthetic BTS-like data")
+    p.add_argument("--stations", type=int, default=3, help="number of stations (default 3)")
+    p.add_argument("--days", type=int, default=120, help="days of hourly readings (default 120)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--clean", action="store_true", help="no gaps, sentinels or bad rows")
+    p.add_argument("--out", required=True, help="CSV path to write")
+
+    p = sub.add_parser("train", help="CSV -> clean -> train -> TFLite -> parity check -> package (version v0)")
+    _add_train_options(p)
+
+    p = sub.add_parser("evaluate", help="score a package with LiteRT on a CSV, next to the naive forecast")
+    p.add_argument("package", help="package directory (or use --registry/--model/--version)")
+    p.add_argument("--data", required=True, help="CSV to evaluate on")
+    p.add_argument("--column", action="append", metavar="STANDARD=CSV_NAME", help="map a column name")
+    p.add_argument("--series", default="", help="series id (default: the one the package was trained on)")
+    p.add_argument("--split", choices=["all", "test"], default="all",
+                   help="all windows of the CSV, or the training's test split (same fractions)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("publish", help="store a package in a registry under the next version")
+    p.add_argument("package", help="package directory written by `train`")
+    p.add_argument("--registry", required=True, help="registry root directory")
+    p.add_argument("--promote", action="store_true", help="also make it the current version")
+
+    p = sub.add_parser("list", help="models, versions and current version in a registry")
+    p.add_argument("--registry", required=True)
+    p.add_argument("model", nargs="?", help="only this model")
+
+    p = sub.add_parser("show", help="metadata.json of a published version")
+    p.add_argument("--registry", required=True)
+    p.add_argument("model")
+    p.add_argument("version", nargs="?", help="default: current")
+
+    p = sub.add_parser("promote", help="make a version current (remembered for rollback)")
+    p.add_argument("--registry", required=True)
+    p.add_argument("model")
+    p.add_argument("version")
+
+    p = sub.add_parser("rollback", help="make the previously promoted version current again")
+    p.add_argument("--registry", required=True)
+    p.add_argument("model")
+
+    p = sub.add_parser(
+        "pipeline",
+        help="train -> evaluate -> publish [-> promote] from YAML/env/flags (the trainer image's entry point)",
+        description="Settings: defaults < --config / MLSERVING_TRAIN_CONFIG YAML < MLSERVING_TRAIN_<FIELD>"
+        " environment variables < flags.",
+    )
+    _add_train_options(p)
+    p.add_argument("--registry", help="registry root to publish to (MLSERVING_TRAIN_REGISTRY)")
+    p.add_argument("--promote", action="store_true", default=None, help="promote after publishing")
+
+    p = sub.add_parser("demo-packages", help="fast deterministic v1 packages of lstm and ann into a registry")
+    p.add_argument("--registry", required=True, help="registry root directory")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo setting)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--models", default="lstm,ann", help="comma-separated model kinds")
+    return parser
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from mlserving_training.generate import CLEAN, DirtRates, generate_bts, write_csv
+
+    frame = generate_bts(args.stations, args.days, args.seed, rates=CLEAN if args.clean else DirtRates())
+    path = write_csv(frame, args.out)
+    _emit(f"wrote {len(frame)} rows ({args.stations} stations, {args.days} days) to {path}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mlserving_training.config import load_config
+    from mlserving_training.pipeline import train
+
+    train(load_config(args.config, _train_overrides(args)), _emit)
+    return EXIT_OK
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from mlserving_training.config import load_config
+    from mlserving_training.pipeline import run_pipeline
+
+    config = load_config(args.config, _train_overrides(args))
+    _emit(f"pipeline: {config.model_name} ({config.model}), data {config.data or 'synthetic'},"
+          f" registry {config.registry or '-'}, promote {config.promote}")
+    run_pipeline(config, _emit)
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mlserving_training.data import load_csv
+    from mlserving_training.pipeline import evaluate_package
+
+    raw = load_csv(args.data, _column_pairs(args.column))
+    result = evaluate_package(Path(args.package), raw, args.series, args.split, _emit if not args.json else lambda _: None)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from mlserving_training.pipeline import publish
+
+    publish(Path(args.package), args.registry, args.promote, _emit)
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from mlserving_common.package import read_metadata
+    from mlserving_common.registry import open_registry
+
+    registry = open_registry(args.registry)
+    models = [args.model] if args.model else registry.models()
+    if not models:
+        _emit(f"no models in {args.registry}")
+    for model in models:
+        current = registry.current(model)
+        _emit(f"{model}: current {current or '-'}")
+        for version in registry.versions(model):
+            meta = read_metadata(registry.fetch(model, version))
+            test = meta.metrics.get("test", {})
+            mae = f"MAE {test['mae']:.4f} (naive {test['naive_mae']:.4f})" if "mae" in test else ""
+            marker = "*" if version == current else " "
+            _emit(f" {marker} {version}  {meta.created_at}  {meta.series_id}  {mae}")
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from mlserving_common.package import read_metadata
+    from mlserving_common.registry import open_registry
+
+    registry = open_registry(args.registry)
+    print(read_metadata(registry.fetch(args.model, args.version)).to_json())
+    return EXIT_OK
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from mlserving_common.registry import open_registry
+
+    registry = open_registry(args.registry)
+    previous = registry.current(args.model)
+    registry.promote(args.model, args.version)
+    _log_event("model_promoted", model=args.model, version=args.version, previous=previous, registry=args.registry)
+    _emit(f"{args.model}: current {previous or '-'} -> {args.version}")
+    return EXIT_OK
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from mlserving_common.registry import open_registry
+
+    registry = open_registry(args.registry)
+    previous = registry.current(args.model)
+    version = registry.rollback(args.model)
+    _log_event("model_rolled_back", model=args.model, version=version, previous=previous, registry=args.registry)
+    _emit(f"{args.model}: rolled back {previous} -> {version}")
+    return EXIT_OK
+
+
+def _cmd_demo_packages(args: argparse.Namespace) -> int:
+    from mlserving_training import quick
+
+    kwargs = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    paths = quick.build_demo_packages(Path(args.registry), models, emit=_emit, **kwargs)
+    for model, path in paths.items():
+        _emit(f"{model}: {path}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "generate": _cmd_generate,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "publish": _cmd_publish,
+    "list": _cmd_list,
+    "show": _cmd_show,
+    "promote": _cmd_promote,
+    "rollback": _cmd_rollback,
+    "pipeline": _cmd_pipeline,
+    "demo-packages": _cmd_demo_packages,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mlserving_common.package import PackageError
+    from mlserving_common.registry import RegistryError
+
+    from mlserving_common import logs
+
+    args = build_parser().parse_args(argv)
+    logs.configure()  # events as JSON lines on stderr; progress for humans on stdout
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"mlserving-train: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (PackageError, RegistryError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"mlserving-train {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The training pipeline as functions: train a package, evaluate it, publish it.
+
+The CLI subcommands and the trainer image's entry point (`mlserving-train pipeline`) both call
+these, so a package built by hand and one built in the cluster come from the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlserving_common.package import (
+    MODEL_FILE,
+    UNPUBLISHED_VERSION,
+    Metadata,
+    TensorSpec,
+    read_metadata,
+    verify_package,
+    write_package,
+)
+from mlserving_common.logs import event
+from mlserving_common.registry import open_registry
+from mlserving_training import data as data_mod
+from mlserving_training.cleaning import CleaningReport, clean_series
+from mlserving_training.config import TrainConfig
+from mlserving_training.evaluate import beats_naive, naive_forecast, split_metrics
+from mlserving_training.features import SPLITS, Dataset, Split, build_dataset, denormalize, make_windows, normalize
+from mlserving_training.generate import generate_bts
+from mlserving_training.runtime import predict_tflite
+from mlserving_training.stats import input_stats
+
+Emit = Callable[[str], None]
+log = logging.getLogger("mlserving.training")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    package_dir: Path
+    metadata: Metadata
+    report: CleaningReport
+    plot_path: Path | None
+
+
+def load_data(config: TrainConfig, emit: Emit = print) -> data_mod.RawData:
+    """The configured CSV, or synthetic BTS-like data when no CSV is configured."""
+    if config.data:
+        return data_mod.load_csv(config.data, config.columns)
+    emit(
+        f"data: none configured; generating synthetic BTS data"
+        f" ({config.synthetic_stations} stations, {config.synthetic_days} days, seed {config.seed})"
+    )
+    frame = generate_bts(stations=config.synthetic_stations, days=config.synthetic_days, seed=config.seed)
+    source = f"synthetic:stations={config.synthetic_stations},days={config.synthetic_days},seed={config.seed}"
+    return data_mod.from_frame(frame, source)
+
+
+def prepare(config: TrainConfig, raw: data_mod.RawData) -> tuple[str, int, Dataset, CleaningReport, Any]:
+    """Select, clean and window one series; returns (series id, its raw row count, dataset, report, series)."""
+    series_id, rows = data_mod.select_series(raw, config.series)
+    series, report = clean_series(rows, config.sentinels, config.max_gap_fill)
+    dataset = build_dataset(series, config.window, config.train_fraction, config.val_fraction)
+    return series_id, len(rows), dataset, report, series
+
+
+def _framework_versions() -> dict[str, str]:
+    import ai_edge_litert
+    import keras
+    import tensorflow as tf
+
+    try:
+        from importlib.metadata import version
+
+        litert = version("ai-edge-litert")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        litert = getattr(ai_edge_litert, "__version__", "unknown")
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "ai_edge_litert": litert,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None = None) -> TrainResult:
+    """CSV -> clean -> features -> fit -> TFLite -> parity -> metrics -> package (version v0)."""
+    from mlserving_training.export import check_parity, to_tflite
+    from mlserving_training.models import build_model, predict, seed_everything, train_model
+
+    config.validate()
+    raw = raw or load_data(config, emit)
+    series_id, series_rows, dataset, report, _ = prepare(config, raw)
+    emit(f"series {series_id}: {series_rows} of {raw.rows} rows in {raw.source}")
+    for line in report.lines():
+        emit(line)
+    emit(
+        "windows: " + ", ".join(f"{name} {len(dataset.split(name))}" for name in SPLITS)
+        + f" (window {config.window}); normalisation mean={dataset.normalization.mean:.4f}"
+        f" std={dataset.normalization.std:.4f}"
+    )
+
+    seed_everything(config.seed)
+    model = build_model(config.model, config.window, config.units)
+    emit(f"training {config.model} ({model.count_params()} parameters) for up to {config.epochs} epochs")
+    outcome = train_model(
+        model, dataset, config.epochs, config.batch_size, config.learning_rate, config.patience, emit
+    )
+    emit(f"trained in {outcome.seconds:.1f}s ({outcome.cpu_seconds:.1f}s CPU); best epoch {outcome.best_epoch} val_loss={outcome.best_val_loss:.6f}")
+
+    model_bytes = to_tflite(model)
+    parity = check_parity(predict(model, dataset.test.x), model_bytes, dataset.test.x, config.tolerance)
+    emit(f"tflite: {len(model_bytes)} bytes; max |tflite - keras| on {parity.windows} test windows = {parity.max_abs_diff:.3g}")
+
+    # Metrics come from the TFLite model: that is what will serve.
+    metrics: dict[str, Any] = {
+        name: split_metrics(dataset.split(name), predict_tflite(model_bytes, dataset.split(name).x), dataset.normalization)
+        for name in ("val", "test")
+    }
+    metrics["beats_naive"] = beats_naive(metrics["test"])
+    metrics["units"] = "raw"
+    _emit_metrics(metrics, emit)
+
+    metadata = Metadata(
+        name=config.model_name,
+        version=UNPUBLISHED_VERSION,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        window=config.window,
+        normalization=dataset.normalization,
+        input=TensorSpec([-1, config.window]),
+        output=TensorSpec([-1, 1]),
+        model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+        series_id=series_id,
+        metrics=metrics,
+        data=_data_section(raw, series_rows, dataset, report),
+        input_stats=input_stats(dataset.train.x),
+        training={
+            "model": config.model,
+            "parameters": int(model.count_params()),
+            "epochs_run": outcome.epochs_run,
+            "best_epoch": outcome.best_epoch,
+            "best_val_loss": outcome.best_val_loss,
+            "seconds": round(outcome.seconds, 3),
+            "cpu_seconds": round(outcome.cpu_seconds, 3),
+            "history": outcome.history,
+            "config": _config_record(config),
+        },
+        framework=_framework_versions(),
+        parity=parity.to_dict(),
+    )
+    out = config.out_dir
+    write_package(out, model_bytes, metadata)
+    event(
+        log, "package_written", model=metadata.name, package=str(out), series_id=series_id,
+        test_mae=metrics["test"]["mae"], naive_mae=metrics["test"]["naive_mae"], beats_naive=metrics["beats_naive"],
+        parity_max_abs_diff=parity.max_abs_diff, train_seconds=round(outcome.seconds, 3),
+        epochs_run=outcome.epochs_run, tflite_bytes=len(model_bytes), cleaning=report.to_dict(),
+    )
+    emit(f"package written: {out} (version {UNPUBLISHED_VERSION}, publish it to get a version)")
+    plot_path = config.plot_path
+    if plot_path is not None:
+        _plot_test(dataset, predict_tflite(model_bytes, dataset.test.x), plot_path, f"{config.model_name} on {series_id}")
+        emit(f"plot written: {plot_path}")
+    return TrainResult(out, metadata, report, plot_path)
+
+
+def _emit_metrics(metrics: dict[str, Any], emit: Emit) -> None:
+    for name in ("val", "test"):
+        if name in metrics:
+            m = metrics[name]
+            emit(
+                f"{name}: MAE {m['mae']:.4f} RMSE {m['rmse']:.4f} | naive MAE {m['naive_mae']:.4f}"
+                f" RMSE {m['naive_rmse']:.4f} | MAE/naive {m['mae_vs_naive']:.3f} ({m['windows']} windows)"
+            )
+    if "beats_naive" in metrics:
+        emit(f"beats naive on test: {'yes' if metrics['beats_naive'] else 'NO'}")
+
+
+def _config_record(config: TrainConfig) -> dict[str, Any]:
+    """Settings that shaped the model; paths to outputs are the caller's business."""
+    record = config.to_dict()
+    for key in ("out", "plot", "registry", "promote"):
+        record.pop(key, None)
+    return record
+
+
+def _data_section(raw: data_mod.RawData, series_rows: int, dataset: Dataset, report: CleaningReport) -> dict[str, Any]:
+    return {
+        "source": raw.source,
+        "sha256": raw.sha256,
+        "rows_total": raw.rows,
+        "rows_series": series_rows,
+        "rows_clean": report.rows_out,
+        "cleaning": report.to_dict(),
+        "windows": {name: len(dataset.split(name)) for name in SPLITS},
+        "time_ranges": {name: [dataset.split(name).start_time, dataset.split(name).end_time] for name in SPLITS},
+    }
+
+
+def _plot_test(dataset: Dataset, predictions: np.ndarray, path: Path, title: str) -> None:
+    from mlserving_training.plot import plot_forecasts
+
+    norm = dataset.normalization
+    test = dataset.test
+    plot_forecasts(
+        test.times,
+        denormalize(test.y, norm),
+        denormalize(predictions, norm),
+        denormalize(naive_forecast(test.x), norm),
+        path,
+        title,
+    )
+
+
+def evaluate_package(
+    package_dir: Path, raw: data_mod.RawData, series: str = "", split: str = "all", emit: Emit = print
+) -> dict[str, Any]:
+    """Score a package's .tflite with LiteRT on a CSV: every window, or the training's test split."""
+    metadata = verify_package(package_dir)
+    recorded = metadata.training.get("config", {})
+    series_id, rows = data_mod.select_series(raw, series or metadata.series_id)
+    clean, _ = clean_series(rows, recorded.get("sentinels", [999999.0, -999999.0]), recorded.get("max_gap_fill", 3))
+    if split == "test":
+        from mlserving_training.features import split_bounds
+
+        a, b = split_bounds(len(clean), recorded.get("train_fraction", 0.7), recorded.get("val_fraction", 0.15))
+    else:
+        b = 0
+    scaled = normalize(clean.values[b:], metadata.normalization)
+    x, y, idx = make_windows(scaled, clean.segment[b:], metadata.window, ~clean.filled[b:])
+    if len(y) == 0:
+        raise data_mod.DataError(f"series {series_id}: no windows of {metadata.window} readings to evaluate")
+    target = Split(x, y, clean.times[b:][idx], int(clean.times[b]), int(clean.times[-1]))
+    result = split_metrics(target, predict_tflite(Path(package_dir) / MODEL_FILE, x), metadata.normalization)
+    result["beats_naive"] = beats_naive(result)
+    emit(
+        f"{metadata.name} {metadata.version} on {series_id} ({split}): MAE {result['mae']:.4f} RMSE {result['rmse']:.4f}"
+        f" | naive MAE {result['naive_mae']:.4f} RMSE {result['naive_rmse']:.4f} | {result['windows']} windows"
+        f" | beats naive: {'yes' if result['beats_naive'] else 'NO'}"
+    )
+    return result
+
+
+def publish(package_dir: Path, registry_location: str, promote: bool = False, emit: Emit = print) -> str:
+    registry = open_registry(registry_location)
+    version = registry.publish(Path(package_dir), promote=promote)
+    name = read_metadata(Path(package_dir)).name
+    event(log, "package_published", model=name, version=version, registry=str(registry_location), promoted=promote)
+    emit(f"published {name} {version} to {registry_location}" + (" and promoted it to current" if promote else ""))
+    return version
+
+
+def run_pipeline(config: TrainConfig, emit: Emit = print) -> tuple[TrainResult, str | None]:
+    """train -> evaluate (LiteRT, test split) -> publish [-> promote]; the trainer image runs this."""
+    raw = load_data(config, emit)
+    result = train(config, emit, raw)
+    evaluate_package(result.package_dir, raw, result.metadata.series_id, split="test", emit=emit)
+    if not config.registry:
+        emit("registry: not configured; package left unpublished")
+        return result, None
+    return result, publish(result.package_dir, config.registry, config.promote, emit)

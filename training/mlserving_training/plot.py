@@ -1,0 +1,36 @@
+"""A picture of the test split: forecasts, naive forecasts and actuals, for humans reviewing a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_forecasts(
+    times: np.ndarray, actual: np.ndarray, predicted: np.ndarray, naive: np.ndarray, path: Path, title: str,
+    last: int = 24 * 14,
+) -> Path:
+    """PNG of the last `last` test points (two weeks of hourly data by default)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sl = slice(-last, None)
+    hours = (np.asarray(times)[sl] - times[sl][0]) / 3600.0
+    fig, ax = plt.subplots(figsize=(11, 4), dpi=100)
+    ax.plot(hours, np.asarray(actual)[sl], label="actual", color="black", linewidth=1.2)
+    ax.plot(hours, np.asarray(predicted)[sl], label="model", color="tab:blue", linewidth=1.0)
+    ax.plot(hours, np.asarray(naive)[sl], label="naive (last value)", color="tab:orange", linewidth=0.8, alpha=0.7)
+    ax.set_xlabel("hours into the plotted test range")
+    ax.set_ylabel("value")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
