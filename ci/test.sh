@@ -47,4 +47,20 @@ if [[ $mode == fast ]]; then
   exit 0
 fi
 
+stage "images (buildah)"
+ci/images/build.sh
+stage "cluster up"
+cleanup() {
+  local rc=$?
+  stage "cluster down"
+  ci/cluster/cluster.sh down || echo "WARNING: cluster down failed; run ci/cluster/cluster.sh down" >&2
+  exit "$rc"
+}
+trap cleanup EXIT
+ci/cluster/cluster.sh up
+eval "$(ci/cluster/cluster.sh env)"
+stage "load images into the cluster"
+ci/cluster/cluster.sh load-image /var/cache/ml-serving/images/archives/ml-serving-{server,trainer,mosquitto}.tar
+stage "end-to-end tests on the cluster"
+python -m pytest -m e2e tests/e2e -v -s -p no:cacheprovider "$@"
 stage "done in $((SECONDS - START)) s"

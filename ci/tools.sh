@@ -5,13 +5,16 @@
 # pinned version. Nothing is downloaded except Go modules and one PyPI package, so it works
 # where GitHub and get.helm.sh cannot be reached.
 #
-# Usage: ci/tools.sh [--with-kubeconform]
+# Usage: ci/tools.sh [--with-helm4] [--with-kubeconform]
+#   --with-helm4        also build Helm 4 as `helm4`, to run the chart tests with it too:
+#                       MLSERVING_HELM=$CACHE_ROOT/bin/helm4 MLSERVING_HELM_VERSION=v4.3.2 pytest tests/chart
 #   --with-kubeconform  also build kubeconform (needs schemas from GitHub to be useful, so it is
 #                       off by default; the chart tests validate with kubernetes-validate).
 # Env: CACHE_ROOT (default /var/cache/ml-serving), VENV (default <repo>/.venv).
 set -euo pipefail
 
 HELM_VERSION=v3.22.0
+HELM4_VERSION=v4.3.2
 KUBECONFORM_VERSION=v0.7.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
 
@@ -21,11 +24,13 @@ BIN_DIR="$CACHE_ROOT/bin"
 VENV=${VENV:-$ROOT/.venv}
 GO=${GO:-/usr/local/go/bin/go}
 WITH_KUBECONFORM=0
+WITH_HELM4=0
 
 for arg in "$@"; do
   case $arg in
     --with-kubeconform) WITH_KUBECONFORM=1 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --with-helm4) WITH_HELM4=1 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "tools.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +68,23 @@ install_helm() {
   log "helm: $("$BIN_DIR/helm" version --short) built in $((SECONDS - t0))s"
 }
 
+install_helm4() {
+  local have=""
+  [[ -x $BIN_DIR/helm4 ]] && have=$("$BIN_DIR/helm4" version --template '{{.Version}}' 2>/dev/null || true)
+  if [[ $have == "$HELM4_VERSION" ]]; then
+    log "helm4 $HELM4_VERSION already in $BIN_DIR (skipped)"
+    return
+  fi
+  log "helm4: building $HELM4_VERSION into $BIN_DIR/helm4 (have: ${have:-none})"
+  local tmp; tmp=$(mktemp -d)
+  (go_env && export GOBIN="$tmp" && CGO_ENABLED=0 "$GO" install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM4_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v4/cmd/helm@$HELM4_VERSION")
+  mv "$tmp/helm" "$BIN_DIR/helm4"
+  rmdir "$tmp"
+  log "helm4: $("$BIN_DIR/helm4" version --short)"
+}
+
 install_kubeconform() {
   local have=""
   [[ -x $BIN_DIR/kubeconform ]] && have=$("$BIN_DIR/kubeconform" -v 2>/dev/null || true)
@@ -92,6 +114,7 @@ install_kubernetes_validate() {
 
 mkdir -p "$BIN_DIR"
 install_helm
-[[ $WITH_KUBECONFORM == 1 ]] && install_kubeconform
+if [[ $WITH_HELM4 == 1 ]]; then install_helm4; fi
+if [[ $WITH_KUBECONFORM == 1 ]]; then install_kubeconform; fi
 install_kubernetes_validate
 log "done: helm=$BIN_DIR/helm kubernetes-validate=$VENV/bin/kubernetes-validate"

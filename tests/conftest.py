@@ -39,7 +39,9 @@ from mlserving_common import protocol
 from mlserving_common.mosquitto import (
     BrokerUser,
     LocalBroker,
+    TlsFiles,
     free_port,
+    make_test_certificates,
     server_acl,
     tenant_acl,
     tenant_topics,
@@ -50,6 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 TENANTS = ("tenant-a", "tenant-b")
 #: Which demo model each test tenant is served by default.
 TENANT_MODELS = {"tenant-a": "lstm", "tenant-b": "ann"}
+#: A tenant with the original tutorial's fixed queue names.
+LEGACY_TENANT = "legacy"
+LEGACY_TOPICS = ("inqueue/lstm", "outqueue/lstm")
 CACHE_ROOT = Path(os.environ.get("MLSERVING_TEST_CACHE", "/var/cache/ml-serving/test-models"))
 
 
@@ -96,11 +101,23 @@ def make_broker_users(topics: dict[str, tuple[str, str]], prefix: str = protocol
     return users
 
 
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A throw-away CA and broker certificate for 127.0.0.1/localhost."""
+    return make_test_certificates(tmp_path_factory.mktemp("tls"))
+
+
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerHandle]:
+def broker(tmp_path: Path, tls_files: TlsFiles) -> Iterator[BrokerHandle]:
+    """Plain listener on .port, TLS listener (same users) on .local.tls_port.
+
+    Users: tenant-a, tenant-b (default topics), legacy (the tutorial's inqueue/lstm and
+    outqueue/lstm), server, trainer.
+    """
     topics = {tenant: tenant_topics(tenant) for tenant in TENANTS}
+    topics[LEGACY_TENANT] = LEGACY_TOPICS
     users = make_broker_users(topics)
-    with LocalBroker(users, workdir=tmp_path / "mosquitto") as local:
+    with LocalBroker(users, workdir=tmp_path / "mosquitto", tls=tls_files) as local:
         yield BrokerHandle(local, {u.username: u for u in users}, topics)
 
 
@@ -269,7 +286,7 @@ class ServerProcess:
 
 
 def server_config(
-    broker: BrokerHandle,
+    handle: BrokerHandle,
     registry: Path,
     http_port: int,
     tenants: dict[str, dict[str, Any]] | None = None,
@@ -279,8 +296,8 @@ def server_config(
     if tenants is None:
         tenants = {tenant: {"models": {model: "current"}} for tenant, model in TENANT_MODELS.items()}
     config: dict[str, Any] = {
-        "broker": {"host": broker.host, "port": broker.port, "username": "server", "keepalive": 10},
-        "topic_prefix": broker.prefix,
+        "broker": {"host": handle.host, "port": handle.port, "username": "server", "keepalive": 10},
+        "topic_prefix": handle.prefix,
         "share_group": protocol.DEFAULT_SHARE_GROUP,
         "qos": 1,
         "registry": {"path": str(registry), "poll_seconds": 0.2},
@@ -369,7 +386,9 @@ class MqttTestClient:
         self.pub_results: dict[int, int] = {}
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
         self._client.username_pw_set(*broker.credentials(username))
-        self._client.max_inflight_messages_set(1000)
+        # 0 = no client-side inflight window: stock paho rescans all outgoing messages on every
+        # PUBACK when a window is set, which made this test client slower than the server.
+        self._client.max_inflight_messages_set(0)
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(0.05, 1)
         self._client.on_connect = self._on_connect

@@ -51,9 +51,15 @@ HOT_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
     ("      encode_prediction (orjson)", "encode_prediction", "protocol.py"),
     ("      _send (publish + metrics)", "_send", "pipeline.py"),
     ("        paho publish (incl. Properties)", "publish", "paho/"),
-    ("        reply_properties (paho Properties)", "reply_properties", "transport.py"),
+    ("        reply_properties (answer properties)", "reply_properties", "transport.py"),
     ("        metrics (prometheus inc/observe)", "", "prometheus_client/"),
 )
+
+#: The two recordings of a profile step and what they show.
+VIEWS = {
+    "gil": "samples of the thread holding the GIL (where the one Python core goes)",
+    "threads": "samples of every busy thread (includes time spent waiting to get the GIL back)",
+}
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -161,7 +167,7 @@ def render(summary: dict[str, Any]) -> str:
     """Plain-text report of a summary."""
     if not summary.get("samples"):
         return "profile: no samples"
-    lines = [f"profile: {summary['samples']} samples (all threads, idle excluded)", "", "by thread:"]
+    lines = [f"profile: {summary['samples']} samples", "", "by thread:"]
     lines += [f"  {p:5.1f} %  {name}" for name, p in summary["threads"].items()]
     lines += ["", "by area (innermost Python frame; C calls count for their caller):"]
     lines += [f"  {p:5.1f} %  {name}" for name, p in summary["areas"].items()]

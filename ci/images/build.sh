@@ -250,8 +250,11 @@ build_image() { # name
 
 image_id() { buildah inspect --type image --format '{{.FromImageID}}' "$1"; }
 
-image_bytes() { # reference -> uncompressed size in bytes (sum of its layers, what `buildah images` shows)
-  buildah images --json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["size"])'
+image_bytes() { # reference -> uncompressed size in bytes, from what `buildah images` shows (3 digits)
+  buildah images --format '{{.Size}}' "$1" | head -n1 | awk '
+    { n = $1; u = $2; f = 1 }
+    u == "kB" { f = 1e3 } u == "MB" { f = 1e6 } u == "GB" { f = 1e9 } u == "TB" { f = 1e12 }
+    { printf "%d\n", n * f }'
 }
 
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
@@ -271,7 +274,18 @@ export_image() { # name
   log "export: $archive"
   # zstd: several times faster to write than gzip for the 1.5 GB trainer; containerd >= 1.5 reads it.
   buildah push --quiet --compression-format zstd "$image:$APP_VERSION" "oci:$layout:$image:$APP_VERSION" >/dev/null
-  buildah push --quiet --compression-format zstd "$image:$GIT_SHA" "oci:$layout:$image:$GIT_SHA" >/dev/null
+  # The second tag names the same manifest: one more index entry instead of a second push.
+  python3 - "$layout/index.json" "$image:$GIT_SHA" <<'PY'
+import json, sys
+path, ref = sys.argv[1:]
+with open(path) as handle:
+    index = json.load(handle)
+entry = dict(index["manifests"][0])
+entry["annotations"] = {**entry.get("annotations", {}), "org.opencontainers.image.ref.name": ref}
+index["manifests"].append(entry)
+with open(path, "w") as handle:
+    json.dump(index, handle)
+PY
   tar -C "$layout" -cf "$archive.tmp" .
   mv "$archive.tmp" "$archive"
   echo "$stamp" >"$archive.stamp"

@@ -47,6 +47,42 @@ class BrokerUser:
     acl: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS listener: the CA that clients verify against, the broker's cert and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_test_certificates(directory: str | Path, hosts: Iterable[str] = ("127.0.0.1", "localhost")) -> TlsFiles:
+    """A throw-away CA and a broker certificate for `hosts` (IPs and DNS names), via openssl.
+
+    For tests and the demo only; production certificates come from a Secret (cert-manager).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
+    key, csr, cert = directory / "broker.key", directory / "broker.csr", directory / "broker.crt"
+    san = ",".join(
+        f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts
+    )
+    extensions = directory / "broker.ext"
+    extensions.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+    commands = [
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ml-serving test CA",
+         "-keyout", str(ca_key), "-out", str(ca_cert)],
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={next(iter(hosts))}",
+         "-keyout", str(key), "-out", str(csr)],
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+         "-days", "2", "-extfile", str(extensions), "-out", str(cert)],
+    ]
+    for command in commands:
+        subprocess.run(command, check=True, capture_output=True)
+    return TlsFiles(ca_cert, cert, key)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the usual bind-to-0 trick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -86,12 +122,21 @@ def server_acl(
             f"topic write {response}/#",
         ]
     lines.append(f"topic read {prefix}/_registry/#")
+    # Live-traffic records for retraining and lifecycle events (drift, rollback): docs/lifecycle.md.
+    lines.append(f"topic write {prefix}/_records/#")
+    lines.append(f"topic write {prefix}/_events/#")
     return lines
 
 
 def trainer_acl(prefix: str = protocol.DEFAULT_PREFIX) -> list[str]:
-    """The trainer publishes packages and moves `current` pointers in the broker-backed registry."""
-    return [f"topic readwrite {prefix}/_registry/#"]
+    """The trainer publishes packages and moves `current` pointers in the broker-backed registry,
+    drains the servers' records and events, and keeps its live history under `_trainer/`."""
+    return [
+        f"topic readwrite {prefix}/_registry/#",
+        f"topic read {prefix}/_records/#",
+        f"topic read {prefix}/_events/#",
+        f"topic readwrite {prefix}/_trainer/#",
+    ]
 
 
 def render_acl(users: Iterable[BrokerUser]) -> str:
@@ -111,19 +156,30 @@ def render_config(
     log_file: Path | None = None,
     persistence_dir: Path | None = None,
     limits: dict[str, Any] | None = None,
+    tls: TlsFiles | None = None,
+    tls_port: int | None = None,
 ) -> str:
-    """mosquitto.conf for one authenticated listener; MQTT v5 is on by default in Mosquitto 2.0."""
+    """mosquitto.conf: one authenticated plain listener, optionally a TLS one with the same
+    users and ACLs. MQTT v5 is on by default in Mosquitto 2.0."""
     merged = {**DEFAULT_LIMITS, **(limits or {})}
     lines = [
         "per_listener_settings false",
-        f"listener {port} {host}",
-        "protocol mqtt",
         "allow_anonymous false",
         f"password_file {password_file}",
         f"acl_file {acl_file}",
         "set_tcp_nodelay true",
         *(f"{key} {value}" for key, value in merged.items()),
+        f"listener {port} {host}",
+        "protocol mqtt",
     ]
+    if tls is not None and tls_port is not None:
+        lines += [
+            f"listener {tls_port} {host}",
+            "protocol mqtt",
+            f"cafile {tls.ca_file}",
+            f"certfile {tls.cert_file}",
+            f"keyfile {tls.key_file}",
+        ]
     if os.getuid() == 0:
         # Run as root only when started by root, so the broker can read our private work dir
         # instead of dropping to the `mosquitto` user.
@@ -176,6 +232,7 @@ class LocalBroker:
         workdir: str | Path | None = None,
         persistence: bool = False,
         host: str = "127.0.0.1",
+        tls: TlsFiles | None = None,
         **limits: Any,
     ) -> None:
         self.users = {user.username: user for user in users}
@@ -186,6 +243,9 @@ class LocalBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.persistence = persistence
         self.limits = limits
+        self.tls = tls
+        #: Port of the TLS listener (same users and ACLs), when `tls` is given.
+        self.tls_port = free_port(host) if tls is not None else None
         self.config_path = self.workdir / "mosquitto.conf"
         self.password_path = self.workdir / "passwd"
         self.acl_path = self.workdir / "acl"
@@ -209,6 +269,8 @@ class LocalBroker:
                 log_file=self.log_path,
                 persistence_dir=persistence_dir,
                 limits=self.limits,
+                tls=self.tls,
+                tls_port=self.tls_port,
             )
         )
 
@@ -231,6 +293,8 @@ class LocalBroker:
         )
         try:
             wait_for_port(self.host, self.port, timeout, self._process)
+            if self.tls_port is not None:
+                wait_for_port(self.host, self.tls_port, timeout, self._process)
         except (RuntimeError, TimeoutError) as exc:
             stderr = b""
             if self._process.poll() is not None and self._process.stderr is not None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,14 @@ DTYPES = frozenset({"float32"})
 
 class PackageError(ValueError):
     """A package that must not serve: the message names the file or field at fault."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -70,11 +79,12 @@ class Metadata:
 
     def validate(self) -> None:
         """Raise PackageError naming the first field that breaks the format."""
+        self._validate_types()
         checks: list[tuple[bool, str]] = [
             (self.format == PACKAGE_FORMAT, f"format: expected {PACKAGE_FORMAT!r}, got {self.format!r}"),
             (bool(NAME_PATTERN.match(self.name)), f"name: {self.name!r} must match {NAME_PATTERN.pattern}"),
             (bool(VERSION_PATTERN.match(self.version)), f"version: {self.version!r} must look like v0 (unpublished), v1, v2, ..."),
-            (isinstance(self.window, int) and 1 <= self.window <= 4096, f"window: {self.window!r} must be 1..4096"),
+            (_is_int(self.window) and 1 <= self.window <= 4096, f"window: {reprlib.repr(self.window)} must be 1..4096"),
             (self.normalization.std > 0, f"normalization.std: {self.normalization.std!r} must be > 0"),
             (bool(re.fullmatch(r"[0-9a-f]{64}", self.model_sha256)), "model_sha256: must be 64 hex digits"),
         ]
@@ -86,8 +96,28 @@ class Metadata:
                 raise PackageError(f"{label}.dtype: {spec.dtype!r} is not one of {sorted(DTYPES)}")
             if not spec.shape or spec.shape[0] != -1 or any(d <= 0 for d in spec.shape[1:]):
                 raise PackageError(f"{label}.shape: {spec.shape!r} must be [-1, positive dims...]")
-        if self.input.shape[1] != self.window:
-            raise PackageError(f"input.shape: second dimension {self.input.shape[1]} != window {self.window}")
+        if len(self.input.shape) < 2 or self.input.shape[1] != self.window:
+            raise PackageError(f"input.shape: {self.input.shape!r} must be [-1, window={self.window}, ...]")
+
+    def _validate_types(self) -> None:
+        """Wrong JSON types (a corrupted or hand-edited file) are PackageErrors too, never TypeErrors."""
+        for label, value in (("format", self.format), ("name", self.name), ("version", self.version),
+                             ("created_at", self.created_at), ("model_sha256", self.model_sha256),
+                             ("series_id", self.series_id)):
+            if not isinstance(value, str):
+                raise PackageError(f"{label}: {reprlib.repr(value)} must be a string")
+        for label, value in (("normalization.mean", self.normalization.mean), ("normalization.std", self.normalization.std)):
+            if not (_is_number(value) and math.isfinite(value)):
+                raise PackageError(f"{label}: {reprlib.repr(value)} must be a finite number")
+        for label, spec in (("input", self.input), ("output", self.output)):
+            if not isinstance(spec.shape, list) or not all(_is_int(d) for d in spec.shape):
+                raise PackageError(f"{label}.shape: {reprlib.repr(spec.shape)} must be a list of integers")
+            if not isinstance(spec.dtype, str):
+                raise PackageError(f"{label}.dtype: {reprlib.repr(spec.dtype)} must be a string")
+        for label, value in (("metrics", self.metrics), ("data", self.data), ("input_stats", self.input_stats),
+                             ("training", self.training), ("framework", self.framework), ("parity", self.parity)):
+            if not isinstance(value, dict):
+                raise PackageError(f"{label}: {reprlib.repr(value)} must be a JSON object")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -122,8 +152,10 @@ def read_metadata(package_dir: Path) -> Metadata:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise PackageError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:  # a directory in its place, no permission, I/O error
+        raise PackageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+        raise PackageError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict):
         raise PackageError(f"{path}: must hold a JSON object")
     return Metadata.from_dict(raw)
@@ -135,7 +167,10 @@ def verify_package(package_dir: Path) -> Metadata:
     model_path = Path(package_dir) / MODEL_FILE
     if not model_path.is_file():
         raise PackageError(f"{model_path}: missing")
-    actual = sha256_file(model_path)
+    try:
+        actual = sha256_file(model_path)
+    except OSError as exc:
+        raise PackageError(f"{model_path}: cannot read it ({exc.strerror or exc})") from None
     if actual != metadata.model_sha256:
         raise PackageError(f"{model_path}: sha256 {actual} does not match metadata {metadata.model_sha256}")
     return metadata

@@ -63,6 +63,45 @@ def registry_current_topic(model: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}/_registry/{model}/current"
 
 
+def topic_level(text: str) -> str:
+    """A free label made safe inside a topic: wildcards and NUL become '_' (the payload keeps the original)."""
+    return text.replace("+", "_").replace("#", "_").replace("\0", "_") or "_"
+
+
+def records_topic(tenant: str, series_id: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Where servers publish the windows of requests that carry a series_id (docs/lifecycle.md)."""
+    return f"{prefix}/_records/{tenant}/{topic_level(series_id)}"
+
+
+def records_filter(tenant: str = "", series_id: str = "", prefix: str = DEFAULT_PREFIX) -> str:
+    """Subscription for the records of one tenant (or all: '') and one series (or all: '')."""
+    return f"{prefix}/_records/{tenant or '+'}/{topic_level(series_id) if series_id else '#'}"
+
+
+def events_topic(kind: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Lifecycle events servers publish (not retained): `drift`, `rollback`."""
+    return f"{prefix}/_events/{kind}"
+
+
+def encode_record(tenant: str, series_id: str, model: str, windows: list[tuple[float, ...]], at: float) -> bytes:
+    """One request's windows as a live-traffic record; `t` (server receipt, unix s) orders them."""
+    return orjson.dumps({"v": PROTOCOL_VERSION, "tenant": tenant, "series_id": series_id, "model": model,
+                         "t": at, "windows": windows})
+
+
+def decode_record(payload: bytes) -> dict[str, Any]:
+    """A record as written by encode_record; ValueError if it is not one."""
+    body = orjson.loads(payload)
+    if not isinstance(body, dict) or not isinstance(body.get("series_id"), str) or not isinstance(body.get("windows"), list):
+        raise ValueError("not a live-traffic record")
+    if not isinstance(body.get("t"), (int, float)):
+        raise ValueError("record without a time")
+    for window in body["windows"]:
+        if not isinstance(window, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window):
+            raise ValueError("record window is not a list of numbers")
+    return body
+
+
 class ProtocolError(Exception):
     """A request that cannot be served; becomes an error response, never a crash."""
 

@@ -9,67 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "ml-serving"
-VALUES = ROOT / "values"
-HELM = Path(os.environ.get("MLSERVING_HELM", "/var/cache/ml-serving/bin/helm"))
-HELM_VERSION = "v3.22.0"  # keep in step with ci/tools.sh
-KUBE_VERSION = "1.34.0"  # the version ci/cluster runs (v1.34.x)
-RELEASE = "ml-serving"
-NAMESPACE = "ml"
-
-#: Example value combinations users are told to run (README, NOTES, issue 4).
-COMBOS: dict[str, tuple[str, ...]] = {
-    "two-tenants": ("tenant-a.yaml", "tenant-b.yaml"),
-    "dev": ("dev.yaml", "tenant-a.yaml"),
-    "dev-two-tenants": ("dev.yaml", "tenant-a.yaml", "tenant-b.yaml"),
-    "prod": ("prod.yaml", "tenant-a.yaml", "tenant-b.yaml"),
-}
-
-
-@dataclass
-class HelmResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@dataclass
-class Rendered:
-    """Parsed output of `helm template`: every manifest, plus lookups tests need often."""
-
-    docs: list[dict[str, Any]]
-
-    def of_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [d for d in self.docs if d["kind"] == kind]
-
-    def one(self, kind: str, name: str) -> dict[str, Any]:
-        found = [d for d in self.of_kind(kind) if d["metadata"]["name"] == name]
-        assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}: {[d['metadata']['name'] for d in self.of_kind(kind)]}"
-        return found[0]
-
-    def kinds(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for doc in self.docs:
-            counts[doc["kind"]] = counts.get(doc["kind"], 0) + 1
-        return dict(sorted(counts.items()))
-
-
-def values_args(files: Sequence[str], sets: Sequence[str] = ()) -> list[str]:
-    args: list[str] = []
-    for name in files:
-        path = Path(name)
-        args += ["-f", str(path if path.is_absolute() else VALUES / path)]
-    for item in sets:
-        args += ["--set", item]
-    return args
+from chart_support import CHART, HELM, HELM_VERSION, KUBE_VERSION, NAMESPACE, RELEASE, HelmResult, Rendered, values_args
 
 
 @pytest.fixture(scope="session")

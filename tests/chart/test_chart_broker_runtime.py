@@ -18,12 +18,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from conftest import COMBOS, RELEASE
+from chart_support import COMBOS, RELEASE
 from mlserving_common.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, free_port, wait_for_port
 
 PASSWORDS = {"tenant-a": "pw-tenant-a", "tenant-b": "pw-tenant-b", "ml-server": "pw-server", "ml-trainer": "pw-trainer"}

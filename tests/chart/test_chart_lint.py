@@ -5,7 +5,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from conftest import CHART, COMBOS, KUBE_VERSION, values_args
+from chart_support import CHART, COMBOS, KUBE_VERSION, values_args
 
 #: Kinds served by CRDs (not in the Kubernetes schemas); they are checked by the render tests.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}

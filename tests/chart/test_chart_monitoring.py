@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import CHART, COMBOS, RELEASE
+from chart_support import CHART, COMBOS, RELEASE
 
 METRIC = re.compile(r"\b(mlserving_[a-z_]+)")
 

@@ -7,7 +7,7 @@ import base64
 import pytest
 import yaml
 
-from conftest import COMBOS, NAMESPACE, RELEASE
+from chart_support import COMBOS, NAMESPACE, RELEASE
 
 PREFIX = f"{RELEASE}"  # release name contains the chart name: objects are <release>-<component>
 STANDARD_LABELS = ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from conftest import CHART, COMBOS
+from chart_support import CHART, COMBOS
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -95,7 +95,7 @@ def test_schema_covers_every_default_value():
 
 @pytest.mark.parametrize("name", ["tenant-a.yaml", "tenant-b.yaml", "dev.yaml", "prod.yaml"])
 def test_schema_covers_every_example_value(name):
-    from conftest import VALUES
+    from chart_support import VALUES
 
     values = yaml.safe_load((VALUES / name).read_text())
     missing = [".".join(p) for p in leaf_paths(values) if schema_at(p) is None]

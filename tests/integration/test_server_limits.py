@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 SERIES = [20.1, 20.4, 21.0, 21.6, 22.0, 22.3]
 
 
@@ -42,3 +44,16 @@ def test_full_queue_answers_overloaded_instead_of_dropping(server_process, regis
     assert codes.count("overloaded") > 0 and codes.count("ok") > 0
     assert set(codes) == {"ok", "overloaded"}
     assert server.metric("mlserving_requests_total", outcome="overloaded") == codes.count("overloaded")
+
+
+@pytest.mark.slow
+def test_flood_is_answered_or_explicitly_rejected_never_dropped(server_process, registry_root, mqtt_client, load):
+    """20,000 requests at once into a server whose queue holds 1,000: every one gets one answer."""
+    server = server_process(registry_root, limits={"max_pending": 1000})
+    client = mqtt_client("tenant-a")
+    result = load(client, 20_000, SERIES, timeout=180)
+    assert result["lost"] == 0
+    assert result["duplicates"] == 0
+    assert {e["error"]["code"] for e in result["errors"]} <= {"overloaded"}
+    ok = server.metric("mlserving_requests_total", tenant="tenant-a", outcome="ok")
+    assert ok + len(result["errors"]) == 20_000

@@ -57,3 +57,28 @@ def test_wrong_password_is_refused(broker):
         client.loop(0.1)
     client.disconnect()
     assert result["rc"].is_failure
+
+
+def test_server_connects_over_tls_and_verifies_the_broker(broker, server_process, registry_root, mqtt_client, tls_files):
+    server = server_process(
+        registry_root,
+        broker={"port": broker.local.tls_port, "tls": {"enabled": True, "ca_file": str(tls_files.ca_file)}},
+    )
+    assert server.metric("mlserving_broker_connected") == 1
+    assert "prediction" in mqtt_client("tenant-a").request({"series": SERIES})
+
+
+def test_server_refuses_a_broker_certificate_it_cannot_verify(broker, server_process, registry_root, tmp_path, until):
+    from mlserving_common.mosquitto import make_test_certificates
+
+    other_ca = make_test_certificates(tmp_path / "other").ca_file
+    server = server_process(
+        registry_root,
+        wait=False,
+        broker={"port": broker.local.tls_port, "tls": {"enabled": True, "ca_file": str(other_ca)}},
+    )
+    until(lambda: server.status("/healthz") == 200)
+    time.sleep(2)
+    status, body = server.get("/readyz")
+    assert status == 503 and '"connected":false' in body
+    assert server.proc.poll() is None  # keeps retrying, never exits because of the broker

@@ -14,6 +14,8 @@ from pathlib import Path
 from mlserving_training.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: `promote --require-shadow-better` declined: a normal answer, but scripts must tell it apart.
+EXIT_REFUSED = 3
 
 
 def _emit(line: str) -> None:
@@ -67,10 +69,25 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
             "seed", "units", "train_fraction", "val_fraction", "tolerance", "out", "plot"]
     overrides = {key: getattr(args, key) for key in keys}
     overrides["columns"] = _column_pairs(args.column)
-    for key in ("registry", "promote"):
-        if getattr(args, key, None):
+    for key in ("registry", "promote", "records", "trigger", "gate_margin"):
+        if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
+    if getattr(args, "no_gate", False):
+        overrides["gate"] = False
     return overrides
+
+
+def _add_retrain_options(parser: argparse.ArgumentParser) -> None:
+    """Flags of `pipeline` / `retrain` on top of the training ones."""
+    _add_train_options(parser)
+    parser.add_argument("--registry", help="registry root to publish to (MLSERVING_TRAIN_REGISTRY)")
+    parser.add_argument("--promote", action="store_true", default=None, help="promote when the gate passes")
+    parser.add_argument("--gate-margin", type=float, help="candidate MAE must be <= serving MAE x (1 - margin) (0)")
+    parser.add_argument("--no-gate", action="store_true", help="publish without the quality gate (bootstrap only)")
+    parser.add_argument("--records", action="store_true", default=None,
+                        help="add live-traffic records drained from the broker (broker_* settings)")
+    parser.add_argument("--trigger", choices=["schedule", "drift"],
+                        help="schedule: train every run; drift: only after a server's drift event (default schedule)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=120, help="days of hourly readings (default 120)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--clean", action="store_true", help="no gaps, sentinels or bad rows")
+    p.add_argument("--shift", type=float, default=0.0,
+                   help="inject a level shift of this fraction of the level (e.g. 0.5) into the newest --shift-days")
+    p.add_argument("--shift-days", type=int, default=0, help="days at the end affected by --shift")
     p.add_argument("--out", required=True, help="CSV path to write")
 
     p = sub.add_parser("train", help="CSV -> clean -> train -> TFLite -> parity check -> package (version v0)")
@@ -113,24 +133,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("version", nargs="?", help="default: current")
 
-    p = sub.add_parser("promote", help="make a version current (remembered for rollback)")
+    p = sub.add_parser(
+        "promote", help="make a version current (remembered for rollback)",
+        description="With --require-shadow-better the version must have run in shadow on live traffic"
+        " (tenants.<t>.shadow) and beaten the serving version's live MAE on the servers' /metrics;"
+        f" otherwise nothing changes and the exit code is {EXIT_REFUSED}.",
+    )
     p.add_argument("--registry", required=True)
     p.add_argument("model")
     p.add_argument("version")
+    p.add_argument("--require-shadow-better", action="store_true",
+                   help="promote only if the version's live MAE in shadow beats the serving version's")
+    p.add_argument("--metrics-url", action="append", default=[], metavar="URL",
+                   help="a server's /metrics (repeat for every replica), e.g. http://server:8080/metrics")
+    p.add_argument("--min-scored", type=int, default=200, help="scored forecasts each side needs (200)")
+    p.add_argument("--margin", type=float, default=0.0, help="shadow MAE must be < serving MAE x (1 - margin) (0)")
 
     p = sub.add_parser("rollback", help="make the previously promoted version current again")
     p.add_argument("--registry", required=True)
     p.add_argument("model")
 
-    p = sub.add_parser(
-        "pipeline",
-        help="train -> evaluate -> publish [-> promote] from YAML/env/flags (the trainer image's entry point)",
-        description="Settings: defaults < --config / MLSERVING_TRAIN_CONFIG YAML < MLSERVING_TRAIN_<FIELD>"
-        " environment variables < flags.",
+    retrain_description = (
+        "Data (CSV or synthetic, plus live records with --records) -> train -> quality gate against the naive"
+        " forecast and the serving version on the same newest holdout -> publish [-> promote]. A candidate"
+        " refused by the gate exits 0. Settings: defaults < --config / MLSERVING_TRAIN_CONFIG YAML <"
+        " MLSERVING_TRAIN_<FIELD> environment variables < flags. See docs/lifecycle.md."
     )
-    _add_train_options(p)
-    p.add_argument("--registry", help="registry root to publish to (MLSERVING_TRAIN_REGISTRY)")
-    p.add_argument("--promote", action="store_true", default=None, help="promote after publishing")
+    for command, text in (("pipeline", "the trainer image's entry point"), ("retrain", "same as pipeline")):
+        p = sub.add_parser(command, help=f"train -> gate -> publish [-> promote] ({text})",
+                           description=retrain_description)
+        _add_retrain_options(p)
+
+    p = sub.add_parser(
+        "records",
+        help="drain live-traffic records and drift events from the broker into the live history, without training",
+        description="Connects the trainer's persistent session (creating it on the first run: records are kept"
+        " from then on), merges queued records into the retained live history and prints what it holds.",
+    )
+    p.add_argument("--config", help="YAML file of TrainConfig settings (also MLSERVING_TRAIN_CONFIG)")
+    p.add_argument("--name", help="registry model name whose session and history to use")
+    p.add_argument("--series", help="only this series, 'station_id/parameter_id'")
 
     p = sub.add_parser("demo-packages", help="fast deterministic v1 packages of lstm and ann into a registry")
     p.add_argument("--registry", required=True, help="registry root directory")
@@ -143,9 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from mlserving_training.generate import CLEAN, DirtRates, generate_bts, write_csv
 
-    frame = generate_bts(args.stations, args.days, args.seed, rates=CLEAN if args.clean else DirtRates())
+    frame = generate_bts(args.stations, args.days, args.seed, rates=CLEAN if args.clean else DirtRates(),
+                         shift=args.shift, shift_days=args.shift_days)
     path = write_csv(frame, args.out)
-    _emit(f"wrote {len(frame)} rows ({args.stations} stations, {args.days} days) to {path}")
+    shifted = f", level shift {args.shift:+g} over the last {args.shift_days} days" if args.shift else ""
+    _emit(f"wrote {len(frame)} rows ({args.stations} stations, {args.days} days{shifted}) to {path}")
     return EXIT_OK
 
 
@@ -159,12 +203,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from mlserving_training.config import load_config
-    from mlserving_training.pipeline import run_pipeline
+    from mlserving_training.retrain import run_retrain
 
     config = load_config(args.config, _train_overrides(args))
-    _emit(f"pipeline: {config.model_name} ({config.model}), data {config.data or 'synthetic'},"
-          f" registry {config.registry or '-'}, promote {config.promote}")
-    run_pipeline(config, _emit)
+    data = config.data or ("none (live records only)" if config.records else "synthetic")
+    _emit(f"{args.command}: {config.model_name} ({config.model}), data {data}{' + live records' if config.records else ''},"
+          f" registry {config.registry or '-'}, promote {config.promote}, gate margin {config.gate_margin:g}"
+          f"{'' if config.gate else ' (gate off)'}, trigger {config.trigger}")
+    run_retrain(config, _emit)  # refused by the gate or skipped: still exit 0, the decision is logged
+    return EXIT_OK
+
+
+def _cmd_records(args: argparse.Namespace) -> int:
+    from mlserving_training.config import load_config
+    from mlserving_training.records import drain
+
+    overrides = {"name": args.name, "series": args.series, "records": True}
+    config = load_config(args.config, overrides)
+    drain(config, _emit)
     return EXIT_OK
 
 
@@ -219,7 +275,19 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     from mlserving_common.registry import open_registry
 
     registry = open_registry(args.registry)
+    registry.fetch(args.model, args.version)  # fail on an unknown version before asking any server
     previous = registry.current(args.model)
+    if args.require_shadow_better:
+        from mlserving_training.liveguard import compare_shadow, scrape
+
+        if not args.metrics_url:
+            raise ConfigError("--metrics-url: required with --require-shadow-better (each server replica's /metrics)")
+        verdict = compare_shadow(scrape(args.metrics_url), args.model, args.version, args.min_scored, args.margin)
+        _log_event("promotion guard", model=args.model, version=args.version, previous=previous, **verdict.to_dict())
+        _emit(f"{args.model} {args.version} in shadow: {verdict.reason}")
+        if not verdict.passed:
+            _emit(f"{args.model}: not promoted; current stays {previous or '-'}")
+            return EXIT_REFUSED
     registry.promote(args.model, args.version)
     _log_event("model_promoted", model=args.model, version=args.version, previous=previous, registry=args.registry)
     _emit(f"{args.model}: current {previous or '-'} -> {args.version}")
@@ -258,6 +326,8 @@ COMMANDS = {
     "promote": _cmd_promote,
     "rollback": _cmd_rollback,
     "pipeline": _cmd_pipeline,
+    "retrain": _cmd_pipeline,
+    "records": _cmd_records,
     "demo-packages": _cmd_demo_packages,
 }
 
@@ -275,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mlserving-train: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (PackageError, RegistryError, ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (PackageError, RegistryError, ValueError, RuntimeError, OSError) as exc:
         print(f"mlserving-train {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

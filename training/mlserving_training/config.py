@@ -18,6 +18,8 @@ import yaml
 from mlserving_common.package import NAME_PATTERN
 
 MODEL_KINDS = ("lstm", "ann")
+#: When a retraining run trains: on every run, or only when a server reported drift for the model.
+TRIGGERS = ("schedule", "drift")
 ENV_PREFIX = "MLSERVING_TRAIN_"
 #: Standard column names; `columns` maps each to the name used in the user's CSV.
 STANDARD_COLUMNS = ("station_id", "parameter_id", "reading_time", "value")
@@ -58,10 +60,40 @@ class TrainConfig:
     # Synthetic data used when `data` is empty
     synthetic_stations: int = 3
     synthetic_days: int = 120
+    synthetic_shift: float = 0.0  # level shift (fraction of the level) over the newest synthetic_shift_days
+    synthetic_shift_days: int = 0
+    # Quality gate of `retrain` / `pipeline` (docs/lifecycle.md)
+    gate: bool = True  # false: publish without comparing (e.g. the very first version)
+    gate_margin: float = 0.0  # candidate MAE must be <= serving MAE x (1 - margin) and < naive MAE x (1 - margin)
+    trigger: str = "schedule"  # schedule: train every run; drift: only after a server's drift event for this model
+    # Live-traffic records drained from the broker (servers publish windows of requests with a series_id)
+    records: bool = False
+    records_tenant: str = ""  # only this tenant's records; empty = every tenant
+    records_max: int = 20000  # readings of the live history kept per series (older ones rotate out)
+    records_idle_seconds: float = 2.0  # the drain ends when no message came for this long
+    records_interval_s: int = 3600  # spacing given to live readings (requests carry their order, not their times)
+    # Broker connection for records and drift events (persistent session; docs/lifecycle.md)
+    broker_host: str = ""
+    broker_port: int = 1883
+    broker_username: str = "ml-trainer"
+    broker_password_file: str = ""
+    broker_tls_ca_file: str = ""  # set = TLS, verified against this CA
+    topic_prefix: str = "ml"
+    client_id: str = ""  # persistent session id; empty = mlserving-trainer-<name>
+    session_expiry_s: int = 1_209_600  # how long the broker keeps the session (and its queue) between runs
 
     @property
     def model_name(self) -> str:
         return self.name or self.model
+
+    @property
+    def session_client_id(self) -> str:
+        return self.client_id or f"mlserving-trainer-{self.model_name}"
+
+    @property
+    def uses_broker(self) -> bool:
+        """Records and drift triggers both come from the trainer's persistent broker session."""
+        return self.records or self.trigger == "drift"
 
     @property
     def test_fraction(self) -> float:
@@ -101,6 +133,23 @@ class TrainConfig:
             (self.tolerance > 0, f"tolerance: {self.tolerance} must be > 0"),
             (self.synthetic_stations >= 1, f"synthetic_stations: {self.synthetic_stations} must be >= 1"),
             (self.synthetic_days >= 2, f"synthetic_days: {self.synthetic_days} must be >= 2"),
+            (-0.9 <= self.synthetic_shift <= 10, f"synthetic_shift: {self.synthetic_shift} must be -0.9..10"),
+            (0 <= self.synthetic_shift_days < self.synthetic_days,
+             f"synthetic_shift_days: {self.synthetic_shift_days} must be 0..synthetic_days-1"),
+            (0 <= self.gate_margin < 1, f"gate_margin: {self.gate_margin} must be in [0, 1)"),
+            (self.trigger in TRIGGERS, f"trigger: {self.trigger!r} is not one of {list(TRIGGERS)}"),
+            (not self.records_tenant or "/" not in self.records_tenant and "+" not in self.records_tenant
+             and "#" not in self.records_tenant, f"records_tenant: {self.records_tenant!r} must be a tenant name"),
+            (self.records_max >= 100, f"records_max: {self.records_max} must be >= 100"),
+            (self.records_idle_seconds > 0, f"records_idle_seconds: {self.records_idle_seconds} must be > 0"),
+            (self.records_interval_s >= 1, f"records_interval_s: {self.records_interval_s} must be >= 1"),
+            (not self.uses_broker or bool(self.broker_host),
+             "broker_host: required when records are on or trigger is 'drift'"),
+            (1 <= self.broker_port <= 65535, f"broker_port: {self.broker_port} must be 1..65535"),
+            (bool(self.topic_prefix) and not any(c in self.topic_prefix for c in "+#")
+             and not self.topic_prefix.endswith("/"), f"topic_prefix: {self.topic_prefix!r} must be a plain topic"),
+            (len(self.session_client_id) <= 64, f"client_id: {self.session_client_id!r} must be at most 64 characters"),
+            (self.session_expiry_s >= 60, f"session_expiry_s: {self.session_expiry_s} must be >= 60"),
         ]
         for ok, message in checks:
             if not ok:

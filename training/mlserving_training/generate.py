@@ -55,6 +55,14 @@ def station_signal(rng: np.random.Generator, times: np.ndarray, station: int) ->
     return level * (1.0 + daily + weekly + shift + noise)
 
 
+def inject_level_shift(values: np.ndarray, shift: float, last: int) -> np.ndarray:
+    """The newest `last` readings moved by `shift` x the mean level before them."""
+    out = np.array(values, dtype=np.float64)
+    at = len(out) - last
+    out[at:] += shift * float(np.mean(out[:at]))
+    return out
+
+
 def _dirty_rows(
     rng: np.random.Generator, station: str, parameter: str, times: np.ndarray, values: np.ndarray,
     rates: DirtRates, interval_s: int,
@@ -92,16 +100,27 @@ def generate_bts(
     interval_s: int = 3600,
     start: int = DEFAULT_START,
     rates: DirtRates = DirtRates(),
+    shift: float = 0.0,
+    shift_days: int = 0,
 ) -> pd.DataFrame:
-    """Rows in file order (by time, stations interleaved), all cells as text like a CSV."""
+    """Rows in file order (by time, stations interleaved), all cells as text like a CSV.
+
+    `shift` injects a level shift into the newest `shift_days` of every station (e.g. 0.3 = the
+    level jumps by 30 % of the mean before it): the drift that live accuracy and PSI must catch.
+    Without it the bytes are exactly those of earlier versions.
+    """
     if stations < 1 or days < 1 or interval_s < 1:
         raise ValueError("stations, days and interval_s must be >= 1")
+    if shift and not 0 < shift_days < days:
+        raise ValueError("shift_days must be in 1..days-1 when shift is set")
     times = start + interval_s * np.arange(days * 86400 // interval_s, dtype=np.int64)
     rows: list[tuple[str, str, int, str]] = []
     for station in range(stations):
         rng = np.random.default_rng([seed, station])
         station_id = f"BTS{station + 1:03d}"
         values = station_signal(rng, times, station)
+        if shift:
+            values = inject_level_shift(values, shift, shift_days * 86400 // interval_s)
         rows += _dirty_rows(rng, station_id, DEFAULT_PARAMETER, times, values, rates, interval_s)
     order = sorted(range(len(rows)), key=lambda i: (rows[i][2] // (interval_s * 24), rows[i][0], i))
     frame = pd.DataFrame([rows[i] for i in order], columns=["station_id", "parameter_id", "reading_time", "value"])

@@ -57,17 +57,22 @@ def load_data(config: TrainConfig, emit: Emit = print) -> data_mod.RawData:
         f"data: none configured; generating synthetic BTS data"
         f" ({config.synthetic_stations} stations, {config.synthetic_days} days, seed {config.seed})"
     )
-    frame = generate_bts(stations=config.synthetic_stations, days=config.synthetic_days, seed=config.seed)
+    frame = generate_bts(
+        stations=config.synthetic_stations, days=config.synthetic_days, seed=config.seed,
+        shift=config.synthetic_shift, shift_days=config.synthetic_shift_days,
+    )
     source = f"synthetic:stations={config.synthetic_stations},days={config.synthetic_days},seed={config.seed}"
+    if config.synthetic_shift:
+        source += f",shift={config.synthetic_shift:g}@{config.synthetic_shift_days}d"
     return data_mod.from_frame(frame, source)
 
 
-def prepare(config: TrainConfig, raw: data_mod.RawData) -> tuple[str, int, Dataset, CleaningReport, Any]:
-    """Select, clean and window one series; returns (series id, its raw row count, dataset, report, series)."""
+def prepare(config: TrainConfig, raw: data_mod.RawData) -> tuple[str, int, Dataset, CleaningReport]:
+    """Select, clean and window one series; returns (series id, its raw row count, dataset, report)."""
     series_id, rows = data_mod.select_series(raw, config.series)
     series, report = clean_series(rows, config.sentinels, config.max_gap_fill)
     dataset = build_dataset(series, config.window, config.train_fraction, config.val_fraction)
-    return series_id, len(rows), dataset, report, series
+    return series_id, len(rows), dataset, report
 
 
 def _framework_versions() -> dict[str, str]:
@@ -97,7 +102,7 @@ def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None 
 
     config.validate()
     raw = raw or load_data(config, emit)
-    series_id, series_rows, dataset, report, _ = prepare(config, raw)
+    series_id, series_rows, dataset, report = prepare(config, raw)
     emit(f"series {series_id}: {series_rows} of {raw.rows} rows in {raw.source}")
     for line in report.lines():
         emit(line)
@@ -257,12 +262,9 @@ def publish(package_dir: Path, registry_location: str, promote: bool = False, em
     return version
 
 
-def run_pipeline(config: TrainConfig, emit: Emit = print) -> tuple[TrainResult, str | None]:
-    """train -> evaluate (LiteRT, test split) -> publish [-> promote]; the trainer image runs this."""
-    raw = load_data(config, emit)
-    result = train(config, emit, raw)
-    evaluate_package(result.package_dir, raw, result.metadata.series_id, split="test", emit=emit)
-    if not config.registry:
-        emit("registry: not configured; package left unpublished")
-        return result, None
-    return result, publish(result.package_dir, config.registry, config.promote, emit)
+def run_pipeline(config: TrainConfig, emit: Emit = print) -> tuple[TrainResult | None, str | None]:
+    """train -> evaluate -> quality gate -> publish [-> promote]: `retrain.run_retrain` (the CronJob's run)."""
+    from mlserving_training.retrain import run_retrain
+
+    outcome = run_retrain(config, emit)
+    return outcome.result, outcome.version

@@ -342,10 +342,16 @@ topic write {{ $t.effectiveResponseTopic }}
 topic write {{ $t.effectiveResponseTopic }}/#
 {{- end }}
 topic read {{ $v.topicPrefix }}/_registry/#
+topic write {{ $v.topicPrefix }}/_records/#
+topic write {{ $v.topicPrefix }}/_events/#
 
-# Retraining jobs: publish packages and move `current` pointers in the broker-backed registry.
+# Retraining jobs: publish packages and move `current` pointers in the broker-backed registry,
+# drain the servers' live-traffic records and lifecycle events, keep their live history.
 user {{ $v.broker.users.trainer.username }}
 topic readwrite {{ $v.topicPrefix }}/_registry/#
+topic read {{ $v.topicPrefix }}/_records/#
+topic read {{ $v.topicPrefix }}/_events/#
+topic readwrite {{ $v.topicPrefix }}/_trainer/#
 {{- range $name, $t := $tenants }}
 
 # Tenant {{ $name }}: publish its requests, read its answers (also per-client subtopics).

@@ -36,14 +36,17 @@ ensure_built() {
     log "build: $name $ver -> $out (cold; log: $LOG_DIR/build-$name.log)"
     local t0=$SECONDS tmp="$out.tmp.$$"
     rm -rf "$tmp"; mkdir -p "$tmp"
-    if ! (cd "$tooldir" && go_env && "$fn" "$tmp" "$ver") >"$LOG_DIR/build-$name.log" 2>&1; then
+    # CPU seconds (user+sys of the build's children) are recorded too: wall time depends on machine load
+    if ! (cd "$tooldir" && go_env && "$fn" "$tmp" "$ver" && times >"$tmp/.times") >"$LOG_DIR/build-$name.log" 2>&1; then
       tail -n 40 "$LOG_DIR/build-$name.log" >&2
       rm -rf "$tmp"; die "build of $name failed (log: $LOG_DIR/build-$name.log)"
     fi
     echo "$stamp" >"$tmp/.stamp"
     echo "$((SECONDS - t0))" >"$tmp/.build-seconds"
+    tail -n 1 "$tmp/.times" | awk '{split($1,u,"m"); split($2,s,"m"); printf "%d\n", u[1]*60+u[2]+s[1]*60+s[2]}' >"$tmp/.build-cpu-seconds"
+    rm -f "$tmp/.times"
     rm -rf "$out"; mv "$tmp" "$out"
-    log "build: $name done in $((SECONDS - t0))s"
+    log "build: $name done in $((SECONDS - t0))s wall, $(cat "$out/.build-cpu-seconds")s CPU"
   fi
   printf -v "BIN_${name//-/_}" '%s' "$out"
 }

@@ -55,9 +55,9 @@ class Server:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self.store.refresh()  # load what is there now (before other threads); the poller retries the rest
         self.http.start()
         self.pipeline.batcher.start()
-        self.store.refresh()  # load what is there now; the poller retries the rest
         self._subscribe_ready_tenants()
         self.transport.start()
         self.store.start()

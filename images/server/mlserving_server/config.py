@@ -212,7 +212,6 @@ def _replace(obj: Any, **changes: Any) -> Any:
     return type(obj)(**values)
 
 
-_NUMBER_TYPES = {"int": int, "float": (int, float)}
 
 
 def _build(cls: type, raw: Any, path: str, skip: set[str] = frozenset()) -> Any:

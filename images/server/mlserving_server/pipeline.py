@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from paho.mqtt.client import MQTTMessage
 
 from mlserving_common import protocol
 from mlserving_common.protocol import ErrorCode, ProtocolError, Request
@@ -99,25 +98,21 @@ class Pipeline:
         self.transport: Transport | None = None  # set by the app once created
 
     # -- network thread ----------------------------------------------------------------------
-    def admit(self, message: MQTTMessage) -> None:
+    def admit(self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None) -> None:
         """Queue a request for the worker, or answer its rejection right away."""
         arrived = _perf()
-        tenant = self._by_topic.get(message.topic)
+        tenant = self._by_topic.get(topic)
         if tenant is None:
-            log.warning("message on unexpected topic", extra={"fields": {"topic": message.topic}})
+            log.warning("message on unexpected topic", extra={"fields": {"topic": topic}})
             return
-        properties = message.properties
-        response_topic = getattr(properties, "ResponseTopic", None)
-        correlation = getattr(properties, "CorrelationData", None)
-        item: Item = (tenant, message.payload, response_topic, correlation, arrived)
+        item: Item = (tenant, payload, response_topic, correlation, arrived)
         if not tenant.bucket.take():
             self._reject(item, ErrorCode.RATE_LIMITED, f"tenant {tenant.name} is over its rate limit")
         elif not self.batcher.submit(item):
             self._reject(item, ErrorCode.OVERLOADED, "server queue is full, retry later")
 
     def _reject(self, item: Item, code: str, message: str) -> None:
-        tenant, payload = item[0], item[1]
-        self._fail(item, _peek_id(payload, self._max_bytes), code, message, "", "")
+        self._fail(item, _peek_id(item[1], self._max_bytes), code, message, "", "")
 
     # -- worker thread -----------------------------------------------------------------------
     def process(self, batch: list[Item]) -> None:
@@ -204,6 +199,11 @@ class Pipeline:
             finite = np.isfinite(forecasts).all(axis=1)
             values: list[Any] = forecasts[:, 0].tolist() if runtime.output_size == 1 else forecasts.tolist()
         except Exception as exc:  # e.g. a poison input making the interpreter fail
+            if len(entries) > 1:
+                # Retry one by one so that only the request that causes the failure fails.
+                for entry in entries:
+                    self._infer(runtime, [entry])
+                return
             log.exception("inference failed", extra={"fields": {"model": runtime.name, "version": runtime.version}})
             for item, request, topic in entries:
                 self._fail(item, request.id, ErrorCode.INTERNAL, f"inference failed: {exc}", runtime.name, runtime.version, topic)

@@ -8,7 +8,11 @@ Only the batching worker calls `predict`, so no locking is needed here.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,30 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from mlserving_common.package import MODEL_FILE, Metadata, PackageError, verify_package
+
+
+_quiet_done = False
+
+
+@contextlib.contextmanager
+def _quiet_first_delegate() -> Iterator[None]:
+    """LiteRT prints one plain-text INFO line to fd 2 when it first applies its XNNPACK
+    delegate; our stderr carries JSON lines only, so the first model load is silenced. The app
+    loads its first model before starting other threads, so no log line of ours is lost."""
+    global _quiet_done
+    if _quiet_done:
+        yield
+        return
+    _quiet_done = True
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def buckets_for(max_batch: int) -> list[int]:
@@ -57,7 +85,8 @@ class ModelRuntime:
             raise PackageError(f"input.shape: {self.metadata.input.shape} must hold exactly window={self.window} values")
         # Read once: later changes to the file on disk cannot affect a model that serves.
         model_bytes = (self.package_dir / MODEL_FILE).read_bytes()
-        self._buckets = [self._make_bucket(model_bytes, size, num_threads) for size in buckets_for(max_batch)]
+        with _quiet_first_delegate():
+            self._buckets = [self._make_bucket(model_bytes, size, num_threads) for size in buckets_for(max_batch)]
         self.max_bucket = self._buckets[-1].size
         self._by_size = self._bucket_index()
         self._warm_up()

@@ -1,0 +1,353 @@
+"""Live traffic as training data, and drift events, from the trainer's persistent MQTT session.
+
+Servers publish the windows of every request that carries a `series_id` (QoS 1, topic
+`<prefix>/_records/<tenant>/<series_id>`). The trainer owns a persistent session (fixed client
+id, clean_start=False, long session expiry) subscribed to those topics at QoS 1, so the broker
+queues the records between two CronJob runs on its own volume; any number of server replicas on
+any nodes can publish, and no volume is shared (RWO is enough). Design and limits:
+docs/lifecycle.md.
+
+Requests carry readings in order but not their times, and one replica sees only every N-th
+window of a series. So the trainer does not trust per-replica state: it orders all windows by
+the server's receipt time and stitches them by their overlap (window k+1 repeats window k
+shifted by one or more readings). Windows that do not overlap start a new segment, which
+cleaning treats as a gap that no training window crosses.
+
+The stitched history is kept, bounded to `records_max` readings per series (oldest rotate out),
+as a retained message `<prefix>/_trainer/<name>/history/<series_id>` on the same broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mlserving_common import protocol
+from mlserving_common.logs import event
+from mlserving_common.series import overlap_shift
+from mlserving_training.config import ConfigError, TrainConfig
+
+Emit = Callable[[str], None]
+log = logging.getLogger("mlserving.training.records")
+Window = tuple[float, ...]
+
+
+class RecordsError(RuntimeError):
+    """The broker session could not be used (connection, credentials, ACL)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Stitching: ordered windows -> segments of consecutive readings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeriesHistory:
+    """Segments of consecutive readings of one series, oldest first; bounded by `limit` readings."""
+
+    segments: list[list[float]] = field(default_factory=list)
+    #: The last window appended, to stitch the next one (its length is the window size).
+    tail: list[float] = field(default_factory=list)
+
+    @property
+    def readings(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    def add(self, window: Sequence[float]) -> None:
+        window = [float(v) for v in window]
+        if self.tail and self.segments:
+            k = overlap_shift(self.tail, window)
+            if k == 0:
+                return
+            if k is not None:
+                self.segments[-1].extend(window[len(window) - k :])
+                self.tail = window
+                return
+        self.segments.append(list(window))
+        self.tail = window
+
+    def trim(self, limit: int) -> int:
+        """Drop the oldest readings beyond `limit`; returns how many rotated out."""
+        excess = self.readings - limit
+        dropped = max(excess, 0)
+        while excess > 0 and self.segments:
+            first = self.segments[0]
+            if len(first) <= excess:
+                excess -= len(first)
+                self.segments.pop(0)
+            else:
+                del first[:excess]
+                excess = 0
+        if not self.segments:
+            self.tail = []
+        return dropped
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"v": 1, "segments": self.segments, "tail": self.tail})
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> SeriesHistory:
+        body = orjson.loads(payload)
+        if not isinstance(body, dict) or not isinstance(body.get("segments"), list):
+            raise ValueError("not a series history")
+        return cls([[float(v) for v in s] for s in body["segments"]], [float(v) for v in body.get("tail", [])])
+
+
+def stitch(history: SeriesHistory, records: Iterable[tuple[float, int, Window]]) -> SeriesHistory:
+    """Append (receipt time, index within the request, window) records in time order."""
+    for _, _, window in sorted(records, key=lambda r: (r[0], r[1])):
+        history.add(window)
+    return history
+
+
+def history_rows(
+    series_id: str, history: SeriesHistory, start: int, interval_s: int, gap_steps: int
+) -> list[tuple[str, str, int, str]]:
+    """CSV-like rows (station_id, parameter_id, reading_time, value) of the stitched readings.
+
+    Times are synthetic (`interval_s` apart from `start`); segments are `gap_steps` intervals
+    apart so that cleaning splits them instead of interpolating across the unknown gap.
+    """
+    station, _, parameter = series_id.partition("/")
+    rows, t = [], start
+    for segment in history.segments:
+        for value in segment:
+            rows.append((station, parameter, t, repr(float(value))))
+            t += interval_s
+        t += gap_steps * interval_s
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# The persistent session
+# --------------------------------------------------------------------------------------------
+
+
+def history_topic(config: TrainConfig, series_id: str = "") -> str:
+    base = f"{config.topic_prefix}/_trainer/{config.model_name}/history"
+    return f"{base}/{protocol.topic_level(series_id)}" if series_id else f"{base}/#"
+
+
+@dataclass
+class Drained:
+    """What one drain brought: live histories per series (merged, trimmed) and drift events."""
+
+    histories: dict[str, SeriesHistory]
+    new_windows: dict[str, int]
+    drift_events: list[dict[str, Any]]
+    messages: int
+    rotated: dict[str, int]
+    session_present: bool
+
+    def drift_for(self, model: str) -> list[dict[str, Any]]:
+        return [e for e in self.drift_events if e.get("model") == model and e.get("drift", 1)]
+
+
+def _password(config: TrainConfig) -> str | None:
+    if not config.broker_password_file:
+        return None
+    try:
+        return Path(config.broker_password_file).read_text().strip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"broker_password_file: cannot read {config.broker_password_file} ({exc.strerror})") from None
+
+
+class _Session:
+    """A paho client on the trainer's persistent session, collecting what the broker delivers."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.config = config
+        self._cond = threading.Condition()
+        self.connected = False
+        self.refused: str | None = None
+        self.session_present = False
+        self.suback: dict[int, list[Any]] = {}
+        self.last_message = time.monotonic()
+        self.records: list[tuple[str, dict[str, Any]]] = []
+        self.histories: dict[str, bytes] = {}
+        self.events: list[dict[str, Any]] = []
+        self.messages = 0
+        self.bad = 0
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.session_client_id, protocol=mqtt.MQTTv5)
+        if config.broker_username:
+            client.username_pw_set(config.broker_username, _password(config))
+        if config.broker_tls_ca_file:
+            client.tls_set(ca_certs=config.broker_tls_ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        self.client = client
+
+    # paho callbacks (network thread)
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._cond:
+            if reason_code.is_failure:
+                self.refused = str(reason_code)
+            else:
+                self.connected = True
+                self.session_present = bool(getattr(flags, "session_present", False))
+            self._cond.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._cond:
+            self.connected = False
+            self._cond.notify_all()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._cond:
+            self.suback[mid] = list(reason_codes)
+            self._cond.notify_all()
+
+    def _on_message(self, client, userdata, message) -> None:
+        prefix = self.config.topic_prefix
+        with self._cond:
+            self.last_message = time.monotonic()
+            self.messages += 1
+            topic = message.topic
+            try:
+                if topic.startswith(f"{prefix}/_records/"):
+                    self.records.append((topic, protocol.decode_record(message.payload)))
+                elif topic.startswith(f"{prefix}/_events/"):
+                    body = orjson.loads(message.payload)
+                    if isinstance(body, dict):
+                        self.events.append({**body, "_topic": topic})
+                elif topic.startswith(f"{prefix}/_trainer/"):
+                    series_id = topic.split("/history/", 1)[-1]
+                    self.histories[series_id] = bytes(message.payload)
+            except (ValueError, orjson.JSONDecodeError):
+                self.bad += 1
+
+    # operations
+    def connect(self, timeout: float = 30.0) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.config.session_expiry_s
+        try:
+            self.client.connect(self.config.broker_host, self.config.broker_port, keepalive=30,
+                                clean_start=False, properties=properties)
+        except OSError as exc:
+            raise RecordsError(f"broker {self.config.broker_host}:{self.config.broker_port}: {exc}") from None
+        self.client.loop_start()
+        with self._cond:
+            self._cond.wait_for(lambda: self.connected or self.refused, timeout)
+        if self.refused or not self.connected:
+            self.close()
+            raise RecordsError(f"broker refused the trainer session: {self.refused or 'timeout'}")
+
+    def subscribe(self, filters: list[tuple[str, bool]], timeout: float = 30.0) -> None:
+        """(filter, no_local) pairs at QoS 1; raises if the broker refuses any (ACL)."""
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        topics = [(topic, SubscribeOptions(qos=1, noLocal=no_local)) for topic, no_local in filters]
+        _, mid = self.client.subscribe(topics)
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self.suback, timeout):
+                raise RecordsError("no SUBACK from the broker")
+            codes = self.suback[mid]
+        refused = [f for (f, _), rc in zip(filters, codes) if rc.is_failure]
+        if refused:
+            raise RecordsError(f"broker refused subscriptions {refused} (check the trainer's ACL)")
+
+    def wait_idle(self, idle: float, started_wall: float) -> None:
+        """Until no message came for `idle` s, or fresh records (newer than the drain) flowed for `idle` s."""
+        fresh_since: float | None = None
+        while True:
+            with self._cond:
+                quiet = time.monotonic() - self.last_message
+                if fresh_since is None and any(r.get("t", 0) >= started_wall for _, r in self.records[-50:]):
+                    fresh_since = time.monotonic()
+            if quiet >= idle or (fresh_since is not None and time.monotonic() - fresh_since >= idle):
+                return
+            time.sleep(min(0.1, idle / 4))
+
+    def publish_retained(self, topic: str, payload: bytes, timeout: float = 30.0) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise RecordsError(f"history {topic} was not acknowledged by the broker")
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+def drain(config: TrainConfig, emit: Emit = print) -> Drained:
+    """Connect the persistent session, take what the broker queued, merge it into the live history.
+
+    The first run creates the session (records published before it are not kept). The merged,
+    trimmed history is republished (retained) before the caller trains, so a crash afterwards
+    loses nothing the broker had already handed over.
+    """
+    started_wall = time.time()
+    session = _Session(config)
+    session.connect()
+    try:
+        # Records are subscribed only when used: a subscription nobody drains would fill the queue.
+        filters = [(protocol.events_topic("drift", config.topic_prefix), False)]
+        if config.records:
+            filters.append((protocol.records_filter(config.records_tenant, config.series, config.topic_prefix), False))
+            filters.append((history_topic(config), True))
+        session.subscribe(filters)
+        session.wait_idle(config.records_idle_seconds, started_wall)
+        with session._cond:
+            records, events, histories_raw = list(session.records), list(session.events), dict(session.histories)
+            messages, bad = session.messages, session.bad
+        histories: dict[str, SeriesHistory] = {}
+        for series_id, payload in histories_raw.items():
+            try:
+                histories[series_id] = SeriesHistory.from_json(payload)
+            except (ValueError, orjson.JSONDecodeError):
+                event(log, "history unreadable, starting over", logging.WARNING, series_id=series_id)
+        by_series: dict[str, list[tuple[float, int, Window]]] = {}
+        for _, record in records:
+            for index, window in enumerate(record["windows"]):
+                by_series.setdefault(record["series_id"], []).append((float(record["t"]), index, tuple(window)))
+        rotated: dict[str, int] = {}
+        if config.records:
+            for series_id, items in by_series.items():
+                history = stitch(histories.setdefault(series_id, SeriesHistory()), items)
+                rotated[series_id] = history.trim(config.records_max)
+                session.publish_retained(history_topic(config, series_id), history.to_json())
+    finally:
+        session.close()
+    result = Drained(histories, {k: len(v) for k, v in by_series.items()}, events, messages, rotated,
+                     session.session_present)
+    event(
+        log, "records drained", client_id=config.session_client_id, session_present=session.session_present,
+        messages=messages, unreadable=bad, new_windows=result.new_windows, drift_events=len(events),
+        readings={k: h.readings for k, h in histories.items()}, rotated_out=rotated,
+    )
+    emit(
+        f"records: session {config.session_client_id} ({'resumed' if session.session_present else 'new'}),"
+        f" {messages} messages, new windows {result.new_windows or '{}'}, {len(events)} drift event(s);"
+        f" live history " + (", ".join(f"{k}: {h.readings} readings" for k, h in sorted(histories.items())) or "empty")
+    )
+    return result
+
+
+def live_frame_rows(
+    config: TrainConfig, drained: Drained, series_id: str, after: int | None
+) -> list[tuple[str, str, int, str]]:
+    """Rows of the live history of `series_id`, placed after time `after` (the bootstrap data's end)."""
+    history = drained.histories.get(series_id)
+    if history is None or not history.segments:
+        return []
+    gap = config.max_gap_fill + 2
+    start = (after + gap * config.records_interval_s) if after is not None else 0
+    return history_rows(series_id, history, start, config.records_interval_s, gap)
