@@ -1,5 +1,5 @@
 # The README's two commands are `make demo` and `make test`; the rest are their parts.
-.PHONY: help demo test test-fast e2e bench images cluster-up cluster-down bootstrap
+.PHONY: help demo test test-fast e2e bench soak images cluster-up cluster-down bootstrap
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ e2e: ## images, real single-node cluster and end-to-end tests only
 
 bench: bootstrap ## benchmark model, transport and server side by side (~5 min; ARGS=--quick for ~1 min)
 	.venv/bin/python -m mlserving_bench $(ARGS)
+
+soak: bootstrap ## not in CI: 30 min at 50 % of saturation, 2 tenants, a promotion every 5 min, RSS verdict (ARGS=--minutes 5)
+	.venv/bin/python -m mlserving_bench.soak $(ARGS)
 
 images: bootstrap ## build the server, trainer and broker images with buildah
 	ci/images/build.sh

@@ -1,27 +1,23 @@
 #!/usr/bin/env bash
-# Install the pinned chart tooling: helm (built from the Go module proxy) into
-# /var/cache/ml-serving/bin and kubernetes-validate (offline Kubernetes JSON schemas, from
-# PyPI) into the project venv. Idempotent: each tool is skipped when already present at the
-# pinned version. Nothing is downloaded except Go modules and one PyPI package, so it works
-# where GitHub and get.helm.sh cannot be reached.
+# Install the pinned chart tooling, helm, built from the Go module proxy into
+# /var/cache/ml-serving/bin (kubernetes-validate, the offline schema validator, is a pinned dev
+# dependency in pyproject.toml). Idempotent: skipped when already present at the pinned
+# version. Only Go modules are downloaded, so it works where get.helm.sh cannot be reached.
 #
 # Usage: ci/tools.sh [--with-helm4] [--with-kubeconform]
 #   --with-helm4        also build Helm 4 as `helm4`, to run the chart tests with it too:
 #                       MLSERVING_HELM=$CACHE_ROOT/bin/helm4 MLSERVING_HELM_VERSION=v4.3.2 pytest tests/chart
 #   --with-kubeconform  also build kubeconform (needs schemas from GitHub to be useful, so it is
 #                       off by default; the chart tests validate with kubernetes-validate).
-# Env: CACHE_ROOT (default /var/cache/ml-serving), VENV (default <repo>/.venv).
+# Env: CACHE_ROOT (default /var/cache/ml-serving).
 set -euo pipefail
 
 HELM_VERSION=v3.22.0
 HELM4_VERSION=v4.3.2
 KUBECONFORM_VERSION=v0.7.0
-KUBERNETES_VALIDATE_VERSION=1.37.0
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE_ROOT=${CACHE_ROOT:-/var/cache/ml-serving}
 BIN_DIR="$CACHE_ROOT/bin"
-VENV=${VENV:-$ROOT/.venv}
 GO=${GO:-/usr/local/go/bin/go}
 WITH_KUBECONFORM=0
 WITH_HELM4=0
@@ -97,24 +93,8 @@ install_kubeconform() {
     "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION")
 }
 
-install_kubernetes_validate() {
-  if [[ ! -x $VENV/bin/python ]]; then
-    echo "tools.sh: no Python venv at $VENV (set VENV=...)" >&2
-    exit 1
-  fi
-  local have
-  have=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null || true)
-  if [[ $have == "$KUBERNETES_VALIDATE_VERSION" ]]; then
-    log "kubernetes-validate $KUBERNETES_VALIDATE_VERSION already in $VENV (skipped)"
-    return
-  fi
-  log "kubernetes-validate: installing $KUBERNETES_VALIDATE_VERSION into $VENV (have: ${have:-none})"
-  "$VENV/bin/python" -m pip install --quiet "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-}
-
 mkdir -p "$BIN_DIR"
 install_helm
 if [[ $WITH_HELM4 == 1 ]]; then install_helm4; fi
 if [[ $WITH_KUBECONFORM == 1 ]]; then install_kubeconform; fi
-install_kubernetes_validate
-log "done: helm=$BIN_DIR/helm kubernetes-validate=$VENV/bin/kubernetes-validate"
+log "done: helm=$BIN_DIR/helm"

@@ -12,7 +12,8 @@ CACHE_ROOT=${ML_CI_CACHE:-/var/cache/ml-serving}      # Go caches, built binarie
 STATE=/var/lib/ml-serving-ci                          # certs, etcd, kubelet, containerd root (wiped by down)
 RUN_DIR=/run/ml-serving-ci                            # sockets, netns mounts (wiped by down)
 LOG_DIR=/var/log/ml-serving-ci                        # component + build logs (kept for post-mortem)
-REC_DIR=$STATE/record                                 # what up changed on the host (sysctls, cgroups, ...)
+REC_DIR=$STATE/record                                 # what up changed on the host (sysctls, dirs, ifaces)
+CG_REC=/run/ml-serving-ci.cgroups                     # cgroup roots we created (in /run: same lifetime as cgroups)
 PID_DIR=$STATE/pids
 KUBECONFIG_PATH=$STATE/kubeconfig
 CTR_SOCK=$RUN_DIR/containerd/containerd.sock
@@ -20,7 +21,7 @@ IMG_CACHE=$CACHE_ROOT/k8s/images
 
 # ---- cluster addressing (nothing here is routed off the machine) -----------------------------
 NODE_NAME=ci-node
-NODE_IF=mlci0                # dummy interface holding the node IP
+NODE_IF=mlci0                # port-less bridge holding the node IP (no dummy driver here)
 NODE_IP=10.250.0.1
 BRIDGE=mlcibr0               # CNI bridge
 POD_CIDR=10.244.0.0/16
@@ -68,7 +69,7 @@ Usage: $0 COMMAND [ARGS]
   logs [COMPONENT]   list logs / tail one (etcd kube-apiserver kubelet containerd ...)
 
 Paths: kubeconfig $KUBECONFIG_PATH, logs $LOG_DIR, state $STATE, cache $CACHE_ROOT.
-Node IP $NODE_IP (dummy $NODE_IF), pods $POD_CIDR, services $SVC_CIDR, DNS $DNS_IP.
+Node IP $NODE_IP (on $NODE_IF), pods $POD_CIDR, services $SVC_CIDR, DNS $DNS_IP.
 EOF
 }
 
@@ -105,7 +106,7 @@ fail_component() { # name message
 wait_for() { # component timeout-seconds description cmd...
   local comp=$1 to=$2 what=$3; shift 3
   local t=$SECONDS pid=""
-  [[ -f $PID_DIR/$comp.pid ]] && pid=$(cat "$PID_DIR/$comp.pid")
+  if [[ -f $PID_DIR/$comp.pid ]]; then pid=$(cat "$PID_DIR/$comp.pid"); fi
   until "$@" >/dev/null 2>&1; do
     if [[ -n $pid ]] && ! pid_alive "$pid"; then fail_component "$comp" "$comp exited while waiting for: $what"; fi
     if ((SECONDS - t > to)); then fail_component "$comp" "timeout (${to}s) waiting for: $what"; fi
@@ -131,12 +132,14 @@ ensure_packages() {
 BUILDAH=(buildah --root "$CACHE_ROOT/k8s/buildah/root" --runroot "$RUN_DIR/buildah" --storage-driver vfs)
 
 # build_scratch_image NAME:TAG OUT.tar ENTRYPOINT-JSON SRC-DIR [USER]
-# SRC-DIR's content becomes the image root (FROM scratch).
+# SRC-DIR's content becomes the image root (FROM scratch). ENTRYPOINT "cmd:[...]" sets CMD instead.
 build_scratch_image() {
   local ref=$1 out=$2 ep=$3 src=$4 user=${5:-}
   local c; c=$("${BUILDAH[@]}" from scratch)
   "${BUILDAH[@]}" copy "$c" "$src" / >/dev/null
-  "${BUILDAH[@]}" config --entrypoint "$ep" --env PATH=/bin:/ \
+  local epargs=(--entrypoint "$ep")
+  [[ $ep == cmd:* ]] && epargs=(--cmd "${ep#cmd:}")
+  "${BUILDAH[@]}" config "${epargs[@]}" --env PATH=/bin:/ \
     --os linux --arch amd64 ${user:+--user "$user"} "$c"
   rm -f "$out.tmp"
   "${BUILDAH[@]}" commit -q --rm "$c" "docker-archive:$out.tmp:$ref" >/dev/null
@@ -179,7 +182,7 @@ build_images() { # sets IMG_* tarball paths
   IMG_coredns=$(ensure_image "$COREDNS_IMAGE" '["/coredns"]' "$w/coredns")
   IMG_metrics=$(ensure_image "$METRICS_IMAGE" '["/metrics-server"]' "$w/metrics" 65534)
   busybox_rootfs "$w/busybox"
-  IMG_busybox=$(ensure_image "$BUSYBOX_IMAGE" '["/bin/sh"]' "$w/busybox")
+  IMG_busybox=$(ensure_image "$BUSYBOX_IMAGE" 'cmd:["sh"]' "$w/busybox")
   rm -rf "$w"
 }
 
@@ -206,11 +209,11 @@ record_host() {
   for s in "${SYSCTLS[@]}"; do
     v=$(sysctl -n "$s" 2>/dev/null) && printf '%s=%s\n' "$s" "$v" >>"$REC_DIR/sysctls"
   done
-  # cgroup roots kubelet/runc will create; only those absent now are ours to remove later
-  : >"$REC_DIR/cgroups"
+  # cgroup roots kubelet/runc will create; only those absent now (or already recorded as ours by an
+  # earlier run whose cleanup could not remove them) are ours to remove later
   local m
   for m in $(cgroup_mounts); do
-    [[ -e $m/kubepods ]] || echo "$m/kubepods" >>"$REC_DIR/cgroups"
+    if [[ ! -e $m/kubepods ]] && ! grep -qxF "$m/kubepods" "$CG_REC" 2>/dev/null; then echo "$m/kubepods" >>"$CG_REC"; fi
   done
   for d in /run/containerd /var/log/containers /var/log/pods /var/lib/kubelet /etc/kubernetes /var/lib/cni /opt/containerd; do
     [[ -e $d ]] || echo "$d" >>"$REC_DIR/created-dirs"
@@ -224,11 +227,12 @@ prepare_host() {
   record_host
   sysctl -qw net.ipv4.ip_forward=1
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 2>/dev/null ||
-    { modprobe br_netfilter 2>/dev/null || true; sysctl -qw net.bridge.bridge-nf-call-iptables=1; }
-  ip link add "$NODE_IF" type dummy
+    die "net.bridge.bridge-nf-call-iptables not available (br_netfilter)"
+  # a port-less bridge holds the node IP (this kernel has no dummy driver); packets routed to it are dropped
+  ip link add "$NODE_IF" type bridge
   ip addr add "$NODE_IP/32" dev "$NODE_IF"
   ip link set "$NODE_IF" up
-  # un-NATed service / pod addresses go to the dummy (dropped), never to the default route
+  # un-NATed service / pod addresses go to $NODE_IF (dropped), never to the default route
   ip route add "$SVC_CIDR" dev "$NODE_IF" src "$NODE_IP"
   ip route add "$POD_CIDR" dev "$NODE_IF" src "$NODE_IP"
   # egress guard: nothing from or to the cluster ranges may leave through an external interface
@@ -240,9 +244,27 @@ prepare_host() {
       $ipt -A MLCI-GUARD -o "$i" -d "$net" -j REJECT
     done
   done
-  $ipt -I FORWARD 1 -j MLCI-GUARD
-  $ipt -I OUTPUT 1 -j MLCI-GUARD
+  guard_first
+  # backstop kube-proxy cannot reorder: mangle POSTROUTING sees every packet about to leave an interface
+  $ipt -t mangle -N MLCI-EGRESS
+  for i in $(cat "$REC_DIR/ext-ifaces"); do
+    for net in "$POD_CIDR" "$SVC_CIDR"; do
+      $ipt -t mangle -A MLCI-EGRESS -o "$i" -s "$net" -j DROP
+      $ipt -t mangle -A MLCI-EGRESS -o "$i" -d "$net" -j DROP
+    done
+  done
+  $ipt -t mangle -I POSTROUTING 1 -j MLCI-EGRESS
   log "host: sysctls recorded+set, $NODE_IF=$NODE_IP, egress guard on: $(tr '\n' ' ' <"$REC_DIR/ext-ifaces")"
+}
+
+# (re)insert the filter guard as the first rule of FORWARD and OUTPUT (kube-proxy inserts its own jumps
+# at the top when it starts; it does not move rules that exist, so doing this after it is enough)
+guard_first() {
+  local ch
+  for ch in FORWARD OUTPUT; do
+    while iptables -D "$ch" -j MLCI-GUARD 2>/dev/null; do :; done
+    iptables -I "$ch" 1 -j MLCI-GUARD
+  done
 }
 
 # ---- config files ----------------------------------------------------------------------------
@@ -279,6 +301,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   sandbox_image = "$PAUSE_IMAGE"
   netns_mounts_under_state_dir = true
   disable_apparmor = true
+  # this machine refuses lowering oom_score_adj below 0 (EIO/EPERM); kubelet asks -998 for sandboxes,
+  # which makes runc init die ("can't get final child's PID from pipe"). Clamp to containerd's own value.
+  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -431,6 +456,9 @@ start_kubelet() {
 start_kube_proxy() {
   start_proc kube-proxy "$BIN_kubernetes/kube-proxy" --config="$STATE/kube-proxy.yaml" --v=1
   wait_for kube-proxy 60 "kube-proxy healthz" curl -fsS http://127.0.0.1:10256/healthz
+  wait_for kube-proxy 60 "kube-proxy iptables rules" sh -c 'iptables -S FORWARD | grep -q KUBE-FORWARD'
+  guard_first
+  log "egress guard MLCI-GUARD is first in FORWARD/OUTPUT again (after kube-proxy's jumps)"
 }
 
 render() { # manifest -> stdout with placeholders filled
@@ -457,7 +485,7 @@ start_addons() {
   render coredns.yaml | kc apply -f - >/dev/null
   render metrics-server.yaml | kc apply -f - >/dev/null
   log "addons applied (CoreDNS $COREDNS_IMAGE, metrics-server $METRICS_IMAGE)"
-  wait_for kubelet 180 "CoreDNS available" kc -n kube-system wait --for=condition=Available deploy/coredns --timeout=5s
+  wait_for kubelet 180 "CoreDNS pod Ready" kc -n kube-system wait --for=condition=Ready pod -l k8s-app=kube-dns --timeout=5s
   local i ok=""
   for i in 1 2 3 4 5; do
     if dns_from_pod; then ok=1; break; fi
@@ -465,7 +493,7 @@ start_addons() {
   done
   [[ -n $ok ]] || { kc -n kube-system logs deploy/coredns --tail=30 >&2 || true; die "DNS lookup from a pod failed"; }
   log "ok: DNS resolves kubernetes.default from a pod"
-  wait_for kubelet 180 "metrics-server available" kc -n kube-system wait --for=condition=Available deploy/metrics-server --timeout=5s
+  wait_for kubelet 180 "metrics-server pod Ready" kc -n kube-system wait --for=condition=Ready pod -l k8s-app=metrics-server --timeout=5s
   local t=$SECONDS
   until kc top node >/dev/null 2>&1; do
     if ((SECONDS - t > 240)); then
@@ -479,16 +507,20 @@ start_addons() {
 }
 
 # ---- teardown --------------------------------------------------------------------------------
-stop_pidfile() { # name
-  local f=$PID_DIR/$1.pid pid
-  [[ -f $f ]] || return 0
-  pid=$(cat "$f")
-  if pid_alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    local i; for i in $(seq 1 50); do pid_alive "$pid" || break; sleep 0.2; done
-    pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"
+stop_pidfile() { # name... : TERM all, up to 3 s grace, then KILL (throwaway cluster: no need to be gentle)
+  local n pids=() i p alive
+  for n in "$@"; do
+    [[ -f $PID_DIR/$n.pid ]] || continue
+    p=$(cat "$PID_DIR/$n.pid")
+    if pid_alive "$p"; then kill -TERM "$p" 2>/dev/null || true; pids+=("$p"); fi
+    rm -f "$PID_DIR/$n.pid"
+  done
+  for i in $(seq 1 15); do
+    alive=0; for p in "${pids[@]}"; do pid_alive "$p" && alive=1; done
+    ((alive)) || return 0
+    sleep 0.2
+  done
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
 }
 
 # processes that are ours although their pidfile may be gone (killed run, wiped state):
@@ -508,11 +540,11 @@ our_pids() {
 }
 
 pod_pids() { # processes in the kubepods cgroups we created
-  [[ -s $REC_DIR/cgroups ]] || return 0
+  [[ -s $CG_REC ]] || return 0
   local cg
   while read -r cg; do
-    [[ -d $cg ]] && find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null
-  done <"$REC_DIR/cgroups" | sort -u
+    if [[ -d $cg ]]; then find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null || true; fi
+  done <"$CG_REC" | sort -u
 }
 
 kill_pids() { # signal pids...
@@ -528,7 +560,7 @@ remove_iptables() {
       $bin -t $t -S >/dev/null 2>&1 || continue
       # delete jumps from any chain into ours, then flush + delete our chains
       $bin -t $t -S | grep -E -- "-j (KUBE-|CNI-|MLCI-)" | grep -vE -- "^-A (KUBE-|CNI-|MLCI-)" |
-        sed 's/^-A /-D /' | while read -r rule; do eval "$bin -t $t $rule" 2>/dev/null || true; done
+        sed 's/^-A /-D /' | while read -r rule; do eval "$bin -t $t $rule" 2>/dev/null || true; done || true
       chains=$($bin -t $t -S | awk '$1=="-N"{print $2}' | grep -E "$CHAIN_RE" || true)
       for c in $chains; do $bin -t $t -F "$c" 2>/dev/null || true; done
       for c in $chains; do $bin -t $t -X "$c" 2>/dev/null || true; done
@@ -539,11 +571,15 @@ remove_iptables() {
 cleanup() { # quiet?
   local quiet=${1:-}
   resolve_bins
-  [[ -d $STATE || -d $RUN_DIR ]] || ip link show "$NODE_IF" >/dev/null 2>&1 ||
+  [[ -d $STATE || -d $RUN_DIR || -s $CG_REC ]] || ip link show "$NODE_IF" >/dev/null 2>&1 ||
     iptables -S MLCI-GUARD >/dev/null 2>&1 || [[ -n $(our_pids) ]] || { [[ -n $quiet ]] || log "down: nothing to clean"; return 0; }
   log "down: stopping components"
-  stop_pidfile kube-proxy
-  stop_pidfile kubelet
+  stop_pidfile kube-proxy kubelet
+  # kubelet/kube-proxy without a pidfile (state lost): by executable, before pods are killed, or kubelet restarts them
+  local p
+  for p in $(our_pids); do
+    case $(readlink "/proc/$p/exe" 2>/dev/null) in */kubelet | */kube-proxy) kill -KILL "$p" 2>/dev/null || true ;; esac
+  done
   # pod processes, then shims, then containerd
   local i pids
   for i in 1 2 3 4 5; do
@@ -551,17 +587,24 @@ cleanup() { # quiet?
     # shellcheck disable=SC2086
     kill_pids KILL $pids; sleep 0.5
   done
+  log "down: pods killed"
   stop_pidfile containerd
-  for n in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pidfile "$n"; done
+  stop_pidfile kube-scheduler kube-controller-manager kube-apiserver etcd
   for i in 1 2 3; do
     pids=$(our_pids); [[ -z $pids ]] && break
     # shellcheck disable=SC2086
     kill_pids TERM $pids; sleep 1
     pids=$(our_pids)
     # shellcheck disable=SC2086
-    [[ -n $pids ]] && kill_pids KILL $pids && sleep 0.5
+    if [[ -n $pids ]]; then kill_pids KILL $pids; sleep 0.5; fi
   done
   [[ -z $(our_pids) ]] || log "down: WARNING processes left: $(our_pids | tr '\n' ' ')"
+  for i in 1 2 3; do  # anything still in our pod cgroups (nothing can restart it now)
+    pids=$(pod_pids); [[ -z $pids ]] && break
+    # shellcheck disable=SC2086
+    kill_pids KILL $pids; sleep 0.5
+  done
+  log "down: processes stopped"
   # kube-proxy's own rule cleanup (before our generic pass)
   [[ -x $BIN_kubernetes/kube-proxy ]] && "$BIN_kubernetes/kube-proxy" --cleanup >/dev/null 2>&1 || true
 
@@ -574,17 +617,18 @@ cleanup() { # quiet?
     while read -r mp; do umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true; done <<<"$m"
   done
   # cgroups we created (recorded at up), depth first; never others
-  if [[ -s $REC_DIR/cgroups ]]; then
+  if [[ -s $CG_REC ]]; then
     local cg
     for i in 1 2 3 4 5; do
       while read -r cg; do
-        [[ -d $cg ]] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
-      done <"$REC_DIR/cgroups"
-      local left=0; while read -r cg; do [[ -d $cg ]] && left=1; done <"$REC_DIR/cgroups"
+        if [[ -d $cg ]]; then find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true; fi
+      done <"$CG_REC"
+      local left=0; while read -r cg; do if [[ -d $cg ]]; then left=1; fi; done <"$CG_REC"
       ((left)) || break
       sleep 1
     done
-    while read -r cg; do [[ -d $cg ]] && log "down: WARNING cgroup not removed: $cg"; done <"$REC_DIR/cgroups"
+    while read -r cg; do if [[ -d $cg ]]; then log "down: WARNING cgroup not removed: $cg"; fi; done <"$CG_REC"
+    [[ $left == 1 ]] || rm -f "$CG_REC"
   fi
   # interfaces
   local v
@@ -600,7 +644,7 @@ cleanup() { # quiet?
   # sysctls: ip_forward first (it resets the per-interface forwarding values)
   if [[ -f $REC_DIR/sysctls ]]; then
     local kv
-    grep '^net.ipv4.ip_forward=' "$REC_DIR/sysctls" | while read -r kv; do sysctl -qw "$kv" || true; done
+    grep '^net.ipv4.ip_forward=' "$REC_DIR/sysctls" | while read -r kv; do sysctl -qw "$kv" || true; done || true
     while read -r kv; do
       [[ $(sysctl -n "${kv%%=*}" 2>/dev/null) == "${kv#*=}" ]] || sysctl -qw "$kv" 2>/dev/null || true
     done <"$REC_DIR/sysctls"
@@ -608,7 +652,7 @@ cleanup() { # quiet?
   # container log symlinks pointing into our state, dirs we created outside our state
   find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
   if [[ -f $REC_DIR/created-dirs ]]; then
-    while read -r d; do [[ -e $d ]] && rm -rf "$d"; done <"$REC_DIR/created-dirs"
+    while read -r d; do if [[ -e $d ]]; then rm -rf "$d"; fi; done <"$REC_DIR/created-dirs"
   fi
   rm -rf "$STATE" "$RUN_DIR"
   log "down: done (processes, mounts, cgroups, $NODE_IF/$BRIDGE, iptables, sysctls restored, $STATE removed)"
@@ -620,7 +664,7 @@ cmd_up() {
   mkdir -p "$LOG_DIR"
   log "up: cleaning leftovers of earlier runs"
   cleanup quiet
-  for f in "$LOG_DIR"/*.log; do [[ -e $f ]] && [[ $f != */build-*.log ]] && mv -f "$f" "$f.prev"; done
+  for f in "$LOG_DIR"/*.log; do if [[ -e $f && $f != */build-*.log ]]; then mv -f "$f" "$f.prev"; fi; done
   ensure_packages
   build_all
   build_images
@@ -635,7 +679,7 @@ cmd_up() {
   start_kube_proxy
   start_addons
   local b; b=0
-  for f in "$CACHE_ROOT"/k8s/bin/*/.build-seconds; do [[ -f $f ]] && b=$((b + $(cat "$f"))); done
+  for f in "$CACHE_ROOT"/k8s/bin/*/.build-seconds; do if [[ -f $f ]]; then b=$((b + $(cat "$f"))); fi; done
   log "up: cluster ready in $((SECONDS - T0))s"
   cat >&2 <<EOF
 
@@ -644,7 +688,7 @@ cmd_up() {
   node IP    : $NODE_IP  (NodePorts: http://$NODE_IP:<nodePort>; or kubectl port-forward to 127.0.0.1)
   logs       : $LOG_DIR
   cold build : ${b}s total for the cached binaries (per component: $CACHE_ROOT/k8s/bin/*/.build-seconds)
-  cache disk : $(du -sh "$CACHE_ROOT" 2>/dev/null | cut -f1) in $CACHE_ROOT ($(du -sh "$CACHE_ROOT/k8s/bin" 2>/dev/null | cut -f1) binaries)
+  cache disk : $(du -sh "$CACHE_ROOT/k8s" 2>/dev/null | cut -f1) in $CACHE_ROOT/k8s (binaries + images); Go caches $(du -sh "$CACHE_ROOT/go" 2>/dev/null | cut -f1) in $CACHE_ROOT/go (shared with other Go builds)
 EOF
   kc get nodes -o wide >&2
   echo "$KUBECONFIG_PATH"
@@ -655,7 +699,7 @@ cmd_down() { need_root; cleanup; }
 comp_status() { # name check-cmd...
   local n=$1; shift
   local pid="-" st=down
-  [[ -f $PID_DIR/$n.pid ]] && pid=$(cat "$PID_DIR/$n.pid")
+  if [[ -f $PID_DIR/$n.pid ]]; then pid=$(cat "$PID_DIR/$n.pid"); fi
   if pid_alive "$pid"; then st=running; "$@" >/dev/null 2>&1 && st=healthy; fi
   printf '  %-24s %-8s pid %s\n' "$n" "$st" "$pid"
 }
@@ -697,7 +741,7 @@ cmd_busybox_image() {
   mkdir -p "$LOG_DIR" "$RUN_DIR"
   local w=$RUN_DIR/imgsrc-bb.$$
   busybox_rootfs "$w"
-  local f; f=$(ensure_image "$BUSYBOX_IMAGE" '["/bin/sh"]' "$w")
+  local f; f=$(ensure_image "$BUSYBOX_IMAGE" 'cmd:["sh"]' "$w")
   rm -rf "$w"
   if [[ -n ${1:-} ]]; then cp "$f" "$1"; f=$1; fi
   echo "$f"

@@ -66,12 +66,15 @@ EOF
 kubectl -n "$NS" rollout status deploy/web --timeout=120s >/dev/null
 kubectl -n "$NS" wait --for=condition=Ready pod/client --timeout=120s >/dev/null
 
-# 1. DNS (search path and FQDN) from a pod
-check "nslookup kubernetes.default from a pod" retry 5 kubectl -n "$NS" exec client -- nslookup kubernetes.default
+# 1. DNS from a pod. busybox nslookup does not apply the resolv.conf search path: give it FQDNs.
+#    (short names through the search path are covered by wget http://web/ below, which uses the libc resolver)
+check "nslookup kubernetes.default.svc.cluster.local from a pod" retry 5 \
+  kubectl -n "$NS" exec client -- nslookup kubernetes.default.svc.cluster.local
 check "nslookup web.$NS.svc.cluster.local" retry 5 kubectl -n "$NS" exec client -- nslookup "web.$NS.svc.cluster.local"
-# 2. Service reached from another pod (kube-proxy ClusterIP path)
-check "Service web reached from pod client" retry 5 sh -c \
-  "kubectl -n $NS exec client -- wget -qO- -T 5 http://web/ | grep -q hello-from-web"
+# 2. Service reached from another pod by short name (search path + kube-proxy ClusterIP path).
+#    NB: Debian's static busybox wget segfaults with -T; use the timeout applet instead.
+check "Service web reached from pod client (http://web/)" retry 5 sh -c \
+  "kubectl -n $NS exec client -- timeout 10 wget -qO- http://web/ | grep -q hello-from-web"
 # 3. kubectl logs / exec (apiserver -> kubelet)
 check "kubectl logs" retry 5 sh -c "kubectl -n $NS logs deploy/web | grep -q web-started"
 check "kubectl exec" sh -c "[ \"\$(kubectl -n $NS exec client -- echo exec-ok)\" = exec-ok ]"
@@ -81,13 +84,13 @@ NODE_IP=$(kubectl get node -o jsonpath='{.items[0].status.addresses[?(@.type=="I
 check "NodePort http://$NODE_IP:$NP from the host" retry 5 sh -c "curl -fsS -m 5 http://$NODE_IP:$NP/ | grep -q hello-from-web"
 kubectl -n "$NS" port-forward svc/web 18080:80 --address 127.0.0.1 >/dev/null 2>&1 &
 PF_PID=$!
-check "port-forward 127.0.0.1:18080 -> svc/web" retry 10 sh -c "curl -fsS -m 5 http://127.0.0.1:18080/ | grep -q hello-from-web"
+check "port-forward 127.0.0.1:18080 -> svc/web" retry 10 sh -c "curl -fsS -m 5 http://127.0.0.1:18080/ 2>/dev/null | grep -q hello-from-web"
 kill "$PF_PID" 2>/dev/null || true; PF_PID=
 # 5. metrics
 check "kubectl top node" retry 10 kubectl top node
 check "kubectl top pods -A (includes $NS/web)" retry 45 sh -c "kubectl top pods -A --no-headers | grep -q '^$NS  *web-'"
 # 6. HPA on CPU shows a real target
-kubectl -n "$NS" autoscale deploy/web --cpu-percent=50 --min=1 --max=2 >/dev/null
+kubectl -n "$NS" autoscale deploy/web --cpu=50% --min=1 --max=2 >/dev/null
 hpa_target() {
   local v; v=$(kubectl -n "$NS" get hpa web -o jsonpath='{.status.currentMetrics[0].resource.current.averageUtilization}')
   [[ -n $v ]] && echo "    hpa web: current cpu ${v}% / target 50%"

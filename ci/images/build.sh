@@ -18,11 +18,13 @@ ALL_IMAGES=(server trainer mosquitto)
 ONLY=()
 EXPORT=1
 REFRESH_BASE=0
+NO_CACHE=()
+PRUNE=0
 T0=$SECONDS
 
 usage() {
   cat <<EOF
-Usage: ci/images/build.sh [--only server|trainer|mosquitto]... [--out DIR] [--no-export] [--refresh-base]
+Usage: ci/images/build.sh [--only server|trainer|mosquitto]... [--out DIR] [--no-export] [--refresh-base] [--no-cache] [--prune]
 
 Builds localhost/ml-serving-{server,trainer,mosquitto}, each tagged with the chart's appVersion
 (charts/ml-serving/Chart.yaml, default 0.1.0) and the git short sha ("dev" before the first commit).
@@ -43,6 +45,9 @@ Options:
   --out DIR        where to write the archives (default $OUT)
   --no-export      skip step 5's archives (sizes are still printed)
   --refresh-base   rebuild the base image even if cached (picks up new Debian security updates)
+  --no-cache       ignore buildah's layer cache (the pip cache still serves downloads)
+  --prune          afterwards, untag older ml-serving images and remove dangling ones (frees disk;
+                   the next build then re-runs every layer, with the pip cache)
   -h, --help       show this help
 
 Environment: CACHE_ROOT (default /var/cache/ml-serving), VENV (default <repo>/.venv).
@@ -63,6 +68,8 @@ parse_args() {
       --out=*) OUT=${1#--out=}; shift ;;
       --no-export) EXPORT=0; shift ;;
       --refresh-base) REFRESH_BASE=1; shift ;;
+      --no-cache) NO_CACHE=(--no-cache); shift ;;
+      --prune) PRUNE=1; shift ;;
       -h | --help) usage; exit 0 ;;
       *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -108,7 +115,7 @@ debian_mirror() { # suite-suffix ("" or "-security")
       next
     }
     $1 == "deb" { i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }; if ($(i + 1) == want) emit($i) }
-  ' "${files[@]}" | head -n1
+  ' "${files[@]}"
 }
 
 base_key() {
@@ -179,7 +186,7 @@ read_versions() {
   local chart="$REPO/charts/ml-serving/Chart.yaml"
   if [[ -f $chart ]]; then
     local v
-    v=$(sed -n 's/^appVersion:[[:space:]]*["'\'']\{0,1\}\([^"'\'' #]*\).*/\1/p' "$chart" | head -n1)
+    v=$(sed -n 's/^appVersion:[[:space:]]*["'\'']\{0,1\}\([^"'\'' #]*\).*/\1/p' "$chart" | awk 'NR == 1')
     [[ -n $v ]] && APP_VERSION=$v
   fi
   if GIT_SHA=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null); then
@@ -231,7 +238,7 @@ stage_context() {
 
 build_image() { # name
   local name=$1 t0=$SECONDS image="localhost/ml-serving-$1"
-  local args=(bud --isolation=chroot --network=host --layers --pull=never
+  local args=(bud --isolation=chroot --network=host --layers --force-rm --pull=never "${NO_CACHE[@]}"
     -f "$CONTEXT/images/$name/Dockerfile"
     --build-arg "BASE=$BASE_IMAGE"
     --build-arg "VERSION=$APP_VERSION" --build-arg "REVISION=$REVISION" --build-arg "CREATED=$CREATED"
@@ -251,10 +258,10 @@ build_image() { # name
 image_id() { buildah inspect --type image --format '{{.FromImageID}}' "$1"; }
 
 image_bytes() { # reference -> uncompressed size in bytes, from what `buildah images` shows (3 digits)
-  buildah images --format '{{.Size}}' "$1" | head -n1 | awk '
-    { n = $1; u = $2; f = 1 }
-    u == "kB" { f = 1e3 } u == "MB" { f = 1e6 } u == "GB" { f = 1e9 } u == "TB" { f = 1e12 }
-    { printf "%d\n", n * f }'
+  # awk reads every line (one per tag): `head` would close the pipe early and SIGPIPE buildah.
+  buildah images --format '{{.Size}}' "$1" | awk '
+    NR == 1 { n = $1; f = 1; if ($2 == "kB") f = 1e3; if ($2 == "MB") f = 1e6; if ($2 == "GB") f = 1e9 }
+    END { printf "%d\n", n * f }'
 }
 
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
@@ -313,6 +320,7 @@ summary() {
     local asize=-
     [[ -f $archive ]] && asize=$(mb "$(stat -c %s "$archive")")
     printf '%-22s %-44s %10s %12s %8s\n' "ml-serving-$name" "$image" "$(mb "$bytes")" "$asize" "${BUILD_SECONDS[$name]:--}" >&3
+    wants "$name" || continue  # images.env describes this run's images only
     local var=${name^^}
     echo "IMAGE_$var=$image"
     echo "IMAGE_${var}_SHA=localhost/ml-serving-$name:$GIT_SHA"
@@ -322,6 +330,18 @@ summary() {
   mv "$env.tmp" "$env"
   echo
   log "tags: $APP_VERSION, $GIT_SHA; archives and images.env in $OUT"
+}
+
+# Untag every localhost/ml-serving-* image but the tags of this build and the base in use, then
+# drop dangling images (which include buildah's layer cache).
+prune_images() {
+  local ref keep=" $BASE_IMAGE "
+  for name in "${ALL_IMAGES[@]}"; do keep+="localhost/ml-serving-$name:$APP_VERSION localhost/ml-serving-$name:$GIT_SHA "; done
+  while read -r ref; do
+    [[ $keep == *" $ref "* ]] || buildah rmi "$ref" >/dev/null 2>&1 || true
+  done < <(buildah images --format '{{.Name}}:{{.Tag}}' | grep '^localhost/ml-serving-' | sort -u)
+  buildah rmi --prune >/dev/null 2>&1 || true
+  log "prune: kept $(buildah images --format '{{.Name}}:{{.Tag}}' | grep -c '^localhost/ml-serving-') ml-serving tags"
 }
 
 main() {
@@ -348,6 +368,7 @@ main() {
     done
   fi
   summary
+  ((PRUNE)) && prune_images
   log "done in $((SECONDS - T0))s"
 }
 

@@ -22,10 +22,14 @@ def overlap_shift(previous: Sequence[float], current: Sequence[float]) -> int | 
     n = len(previous)
     if n != len(current) or n == 0:
         return None
-    prev = list(previous)
-    cur = list(current)
-    for k in range(n):
-        if prev[k:] == cur[: n - k]:
+    if type(previous) is not type(current):  # a tuple never equals a list: compare like with like
+        previous, current = tuple(previous), tuple(current)
+    if previous[1:] == current[:-1]:  # the common case first: the next reading
+        return 0 if previous[0] == current[0] and previous == current else 1
+    if previous == current:
+        return 0
+    for k in range(2, n):
+        if previous[k:] == current[: n - k]:
             return k
     return None
 

@@ -12,6 +12,7 @@ import base64
 import os
 import pwd
 import shutil
+import ssl
 import subprocess
 import threading
 from pathlib import Path
@@ -226,3 +227,8 @@ def test_rendered_tls_listener_serves_clients_that_verify_the_ca(render, broker_
     broker = broker_factory(conf, auth, tls_dir=tls)
     session = Session(broker.tls_port, "tenant-a", PASSWORDS["tenant-a"], tls_ca=str(tls / "ca.crt"))
     session.close()
+    # A client that trusts another CA refuses the broker (no silent fallback to an unverified link).
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.crt", "-days", "1",
+        "-subj", "/CN=another-ca")
+    with pytest.raises(ssl.SSLError):
+        Session(broker.tls_port, "tenant-a", PASSWORDS["tenant-a"], tls_ca=str(tls / "other.crt"))

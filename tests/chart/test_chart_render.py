@@ -84,8 +84,15 @@ def test_server_config_has_the_agreed_shape(render):
         "http": {"host": "0.0.0.0", "port": 8080},
         "drain_seconds": 20,
         "log_level": "info",
+        "lifecycle": {
+            "live_accuracy": {"enabled": True, "window": 500, "max_series": 10000},
+            "drift": {"enabled": True, "error_factor": 1.5, "min_scored": 100, "psi_threshold": 0.25,
+                      "input_window": 6000, "publish_events": True},
+            "auto_rollback": {"enabled": True, "margin": 0.2, "min_scored": 100, "window_seconds": 3600},
+        },
         "tenants": {"tenant-a": {"models": {"lstm": "current"}, "default_model": "lstm", "request_topic": None,
-                                 "response_topic": None, "rate_limit": {"per_second": 0, "burst": 0}}},
+                                 "response_topic": None, "rate_limit": {"per_second": 0, "burst": 0},
+                                 "record": False}},
     }
 
 

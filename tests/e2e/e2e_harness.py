@@ -125,14 +125,6 @@ class LoadOutcome:
     def lost(self) -> int:
         return sum(1 for _, r in self.records if isinstance(r, TimeoutError))
 
-    def versions(self) -> list[str]:
-        """Versions in send order, consecutive repeats folded: ["v1", "v2"] is one clean switch."""
-        folded: list[str] = []
-        for _, prediction in self.answered:
-            if not folded or folded[-1] != prediction.version:
-                folded.append(str(prediction.version))
-        return folded
-
     def p99_ms(self, start: float = 0.0, end: float = float("inf")) -> float:
         latencies = [int(p.latency_s * 1e9) for t, p in self.answered if start <= t < end]
         return summarize_ns(latencies).p99_ms if latencies else float("nan")

@@ -1,8 +1,17 @@
-"""Limits answer explicitly: rate_limited per tenant, overloaded when the queue is full. Nothing silent."""
+"""Limits answer explicitly: payload size at broker and server, rate_limited per tenant, overloaded when the
+queue is full, each where the client listens. Nothing silent."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import wait
+
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from mlserving_client import Client, PredictionError
+from mlserving_common.mosquitto import DEFAULT_LIMITS
 
 SERIES = [20.1, 20.4, 21.0, 21.6, 22.0, 22.3]
 
@@ -57,3 +66,57 @@ def test_flood_is_answered_or_explicitly_rejected_never_dropped(server_process, 
     assert {e["error"]["code"] for e in result["errors"]} <= {"overloaded"}
     ok = server.metric("mlserving_requests_total", tenant="tenant-a", outcome="ok")
     assert ok + len(result["errors"]) == 20_000
+
+
+def test_rejections_reach_the_client_on_its_own_reply_topic(broker, server_process, registry_root):
+    """rate_limited and overloaded are answered where the request asked (its Response Topic), so
+    the client library, which listens on `<responses>/<client id>` only, sees them at once."""
+    tenants = {"tenant-a": {"models": {"lstm": "current"}, "rate_limit": {"per_second": 1, "burst": 2}}}
+    server_process(registry_root, tenants=tenants)
+    user, password = broker.credentials("tenant-a")
+    with Client(broker.host, broker.port, user, password, tenant="tenant-a", timeout=10.0, attempts=1) as client:
+        futures = [client.submit(SERIES) for _ in range(10)]
+        done, _ = wait(futures, timeout=15)
+        assert len(done) == 10  # answered, not timed out
+        codes = []
+        for future in futures:
+            try:
+                future.result()
+                codes.append("ok")
+            except PredictionError as exc:
+                codes.append(exc.code)
+        assert codes.count("rate_limited") >= 7 and set(codes) <= {"ok", "rate_limited"}
+        assert client.stats().timeouts == 0
+
+
+def test_payload_limits_at_the_broker_and_at_the_server(broker, server_process, registry_root, mqtt_client):
+    """The broker refuses what is over its message_size_limit (2 MiB): Mosquitto 2.0 drops the
+    connection of a client that sends it, before any server sees it. The server answers
+    payload_too_large for what passes the broker but is over limits.max_payload_bytes."""
+    server = server_process(registry_root)
+    too_big_for_broker = b'{"id": "huge", "series": [' + b"1.0, " * (DEFAULT_LIMITS["message_size_limit"] // 5) + b"1.0]}"
+    assert len(too_big_for_broker) > DEFAULT_LIMITS["message_size_limit"]
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sender.username_pw_set(*broker.credentials("tenant-a"))
+    outcome: dict[str, object] = {}
+    dropped = threading.Event()
+    sender.on_publish = lambda c, u, mid, rc, p: outcome.setdefault("puback", rc)
+    sender.on_disconnect = lambda c, u, f, rc, p: (outcome.setdefault("disconnect", rc), dropped.set())
+    sender.connect(broker.host, broker.port)
+    sender.loop_start()
+    sender.publish(broker.request_topic("tenant-a"), too_big_for_broker, qos=1)
+    assert dropped.wait(20)
+    sender.loop_stop()  # before paho reconnects and sends it again
+    assert "puback" not in outcome and outcome["disconnect"].is_failure, outcome
+
+    client = mqtt_client("tenant-a")
+    big_for_server = b'{"id": "big", "series": [' + b"1.0, " * (300 * 1024 // 5) + b"1.0]}"
+    assert 262144 < len(big_for_server) < DEFAULT_LIMITS["message_size_limit"]
+    client.publish_raw(big_for_server, correlation=b"big")  # the server does not read a payload that large:
+    assert client.wait_answers(1)  # the answer's id is null, Correlation Data matches it
+    (answer,) = client.all_answers
+    assert (answer.correlation, answer.body["error"]["code"]) == (b"big", "payload_too_large")
+    assert "prediction" in client.request({"series": SERIES})
+    assert "huge" not in client.answers
+    assert server.metric("mlserving_requests_total", outcome="payload_too_large") == 1
+    assert server.metric("mlserving_requests_total") == 2  # the 2 MiB+ message never reached it

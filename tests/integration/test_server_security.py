@@ -1,9 +1,16 @@
-"""Per-tenant ACLs on the broker: tenant A cannot read or write tenant B's topics."""
+"""Per-tenant ACLs on the broker: tenant A cannot read or write tenant B's topics; TLS with CA checks."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
+
+import pytest
+
+from mlserving_client import Client
+from mlserving_common.mosquitto import make_test_certificates
 
 SERIES = [20.1, 20.4, 21.0, 21.6, 22.0, 22.3]
 NOT_AUTHORIZED = 0x87
@@ -69,8 +76,6 @@ def test_server_connects_over_tls_and_verifies_the_broker(broker, server_process
 
 
 def test_server_refuses_a_broker_certificate_it_cannot_verify(broker, server_process, registry_root, tmp_path, until):
-    from mlserving_common.mosquitto import make_test_certificates
-
     other_ca = make_test_certificates(tmp_path / "other").ca_file
     server = server_process(
         registry_root,
@@ -82,3 +87,59 @@ def test_server_refuses_a_broker_certificate_it_cannot_verify(broker, server_pro
     status, body = server.get("/readyz")
     assert status == 503 and '"connected":false' in body
     assert server.proc.poll() is None  # keeps retrying, never exits because of the broker
+
+
+def test_client_library_and_cli_over_tls_verify_the_ca(broker, server_process, registry_root, tls_files, tmp_path):
+    """Server and clients all on the TLS listener, each verifying the broker against the test CA."""
+    server_process(
+        registry_root,
+        broker={"port": broker.local.tls_port, "tls": {"enabled": True, "ca_file": str(tls_files.ca_file)}},
+    )
+    user, password = broker.credentials("tenant-a")
+    with Client("127.0.0.1", broker.local.tls_port, user, password, tenant="tenant-a", tls_ca=str(tls_files.ca_file),
+                timeout=10.0) as client:
+        answer = client.predict(SERIES)
+        assert answer.tenant == "tenant-a" and answer.model == "lstm"
+    password_file = tmp_path / "tenant-a.password"
+    password_file.write_text(password)
+    cli = subprocess.run(
+        [sys.executable, "-m", "mlserving_client", "predict", "--host", "127.0.0.1", "--port", str(broker.local.tls_port),
+         "--tenant", "tenant-a", "--password-file", str(password_file), "--tls-ca", str(tls_files.ca_file), *map(str, SERIES)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert '"prediction"' in cli.stdout
+
+
+def test_clients_refuse_a_broker_their_ca_did_not_sign(broker, tmp_path):
+    other_ca = str(make_test_certificates(tmp_path / "other").ca_file)
+    user, password = broker.credentials("tenant-a")
+    with pytest.raises(ConnectionError):
+        Client("127.0.0.1", broker.local.tls_port, user, password, tenant="tenant-a", tls_ca=other_ca, connect_timeout=5.0)
+    cli = subprocess.run(
+        [sys.executable, "-m", "mlserving_client", "predict", "--host", "127.0.0.1", "--port", str(broker.local.tls_port),
+         "--tenant", "tenant-a", "--password", password, "--tls-ca", other_ca, *map(str, SERIES)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert cli.returncode == 3, (cli.returncode, cli.stdout, cli.stderr)  # 3: cannot connect
+
+
+def test_plain_mqtt_client_on_the_tls_port_gets_nowhere(broker):
+    """No silent downgrade: the TLS listener does not speak plain MQTT."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(*broker.credentials("tenant-a"))
+    connected = []
+    client.on_connect = lambda c, u, f, rc, p: connected.append(rc)
+    try:
+        client.connect(broker.host, broker.local.tls_port)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not connected:
+            client.loop(0.1)
+    except OSError:
+        pass
+    finally:
+        client.disconnect()
+    assert not any(not rc.is_failure for rc in connected)

@@ -8,10 +8,12 @@ any nodes can publish, and no volume is shared (RWO is enough). Design and limit
 docs/lifecycle.md.
 
 Requests carry readings in order but not their times, and one replica sees only every N-th
-window of a series. So the trainer does not trust per-replica state: it orders all windows by
-the server's receipt time and stitches them by their overlap (window k+1 repeats window k
-shifted by one or more readings). Windows that do not overlap start a new segment, which
-cleaning treats as a gap that no training window crosses.
+window of a series. Each record names its server (`src`) and that server's sequence number
+(`seq`): one server's windows are in order (MQTT keeps a subscriber's order) and, with fewer
+replicas than readings per window, overlap each other, so they chain into runs of consecutive
+readings (window k+1 repeats window k shifted by one or more readings). Runs from different
+servers are then joined where they overlap exactly. Runs that overlap nothing stay separate
+segments, which cleaning treats as gaps that no training window crosses.
 
 The stitched history is kept, bounded to `records_max` readings per series (oldest rotate out),
 as a retained message `<prefix>/_trainer/<name>/history/<series_id>` on the same broker.
@@ -23,7 +25,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,30 +51,39 @@ class RecordsError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
+#: Above this many segments joining is skipped (a pathological history: windows that never overlap).
+MAX_JOIN_SEGMENTS = 2000
+
+
 @dataclass
 class SeriesHistory:
-    """Segments of consecutive readings of one series, oldest first; bounded by `limit` readings."""
+    """Runs of consecutive readings of one series, oldest first, each with the receipt time of its
+    newest window (which orders them); bounded by `trim(limit)`."""
 
     segments: list[list[float]] = field(default_factory=list)
-    #: The last window appended, to stitch the next one (its length is the window size).
-    tail: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
 
     @property
     def readings(self) -> int:
         return sum(len(s) for s in self.segments)
 
-    def add(self, window: Sequence[float]) -> None:
-        window = [float(v) for v in window]
-        if self.tail and self.segments:
-            k = overlap_shift(self.tail, window)
-            if k == 0:
-                return
-            if k is not None:
-                self.segments[-1].extend(window[len(window) - k :])
-                self.tail = window
-                return
-        self.segments.append(list(window))
-        self.tail = window
+    def add_records(self, records: Iterable[Record]) -> None:
+        """Chain each source's windows in its own order, then join the runs that overlap."""
+        by_source: dict[str, list[Record]] = {}
+        for record in records:
+            by_source.setdefault(record[0], []).append(record)
+        runs = list(zip(self.segments, self.ends))
+        window = 0
+        for items in by_source.values():
+            runs += _chain(sorted(items, key=lambda r: (r[1], r[2])))
+            window = max(window, max(len(r[3]) for r in items))
+        # Runs must share at least window - 2 readings to be joined: a replica's next window
+        # after the previous drain overlaps its last one by window - N (N replicas).
+        runs = _join_all(runs, max(2, window - 2)) if window else runs
+        self.segments, self.ends = [], []
+        for segment, end_t in sorted(runs, key=lambda run: run[1]):
+            self.segments.append(segment)
+            self.ends.append(end_t)
 
     def trim(self, limit: int) -> int:
         """Drop the oldest readings beyond `limit`; returns how many rotated out."""
@@ -83,28 +94,88 @@ class SeriesHistory:
             if len(first) <= excess:
                 excess -= len(first)
                 self.segments.pop(0)
+                self.ends.pop(0)
             else:
                 del first[:excess]
                 excess = 0
-        if not self.segments:
-            self.tail = []
         return dropped
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"v": 1, "segments": self.segments, "tail": self.tail})
+        return orjson.dumps({"v": 1, "segments": self.segments, "ends": self.ends})
 
     @classmethod
     def from_json(cls, payload: bytes) -> SeriesHistory:
         body = orjson.loads(payload)
         if not isinstance(body, dict) or not isinstance(body.get("segments"), list):
             raise ValueError("not a series history")
-        return cls([[float(v) for v in s] for s in body["segments"]], [float(v) for v in body.get("tail", [])])
+        segments = [[float(v) for v in s] for s in body["segments"]]
+        ends = [float(t) for t in body.get("ends", [])]
+        return cls(segments, ends if len(ends) == len(segments) else [0.0] * len(segments))
 
 
-def stitch(history: SeriesHistory, records: Iterable[tuple[float, int, Window]]) -> SeriesHistory:
-    """Append (receipt time, index within the request, window) records in time order."""
-    for _, _, window in sorted(records, key=lambda r: (r[0], r[1])):
-        history.add(window)
+#: (source, order within the source, index within the request, window)
+Record = tuple[str, float, int, Window]
+
+
+def _chain(items: list[Record]) -> list[tuple[list[float], float]]:
+    """One source's windows, in its order, as runs: a window overlapping the previous one extends
+    the run (a repeat adds nothing), one that does not starts a new run."""
+    runs: list[tuple[list[float], float]] = []
+    current: list[float] | None = None
+    previous: list[float] = []
+    for _, order, _, window in items:
+        window = [float(v) for v in window]
+        if not window:
+            continue
+        k = overlap_shift(previous, window) if current is not None else None
+        if k is None:
+            current = list(window)
+            runs.append((current, order))
+        elif k:
+            current.extend(window[len(window) - k :])
+            runs[-1] = (current, order)
+        previous = window
+    return runs
+
+
+def _join_all(runs: list[tuple[list[float], float]], n: int) -> list[tuple[list[float], float]]:
+    """Merge runs where one's first `n` readings occur in another and the whole overlap agrees.
+
+    Readings are the clients' exact floats, so an accidental match of `n` of them is negligible.
+    """
+    runs = [r for r in runs if r[0]]
+    if len(runs) > MAX_JOIN_SEGMENTS:
+        return runs
+    changed = True
+    while changed:
+        changed = False
+        heads: dict[tuple[float, ...], list[int]] = {}
+        for i, (segment, _) in enumerate(runs):
+            heads.setdefault(tuple(segment[:n]), []).append(i)
+        for i, (first, first_end) in enumerate(runs):
+            for p in range(len(first) - n + 1):
+                for j in heads.get(tuple(first[p : p + n]), ()):
+                    if j == i:
+                        continue
+                    second, second_end = runs[j]
+                    overlap = first[p:]
+                    if second[: len(overlap)] != overlap[: len(second)]:
+                        continue
+                    joined = first[:p] + second if len(second) > len(overlap) else first
+                    runs[i] = (joined, max(first_end, second_end))
+                    del runs[j]
+                    changed = True
+                    break
+                if changed:
+                    break
+            if changed:
+                break
+    return runs
+
+
+def stitch(history: SeriesHistory, records: Iterable[Record]) -> SeriesHistory:
+    """Add (source, order, index within the request, window) records to the history."""
+    history.add_records(records)
     return history
 
 
@@ -314,10 +385,12 @@ def drain(config: TrainConfig, emit: Emit = print) -> Drained:
                 histories[series_id] = SeriesHistory.from_json(payload)
             except (ValueError, orjson.JSONDecodeError):
                 event(log, "history unreadable, starting over", logging.WARNING, series_id=series_id)
-        by_series: dict[str, list[tuple[float, int, Window]]] = {}
+        by_series: dict[str, list[Record]] = {}
         for _, record in records:
+            source = str(record.get("src", ""))
+            order = float(record["seq"]) if isinstance(record.get("seq"), (int, float)) else float(record["t"])
             for index, window in enumerate(record["windows"]):
-                by_series.setdefault(record["series_id"], []).append((float(record["t"]), index, tuple(window)))
+                by_series.setdefault(record["series_id"], []).append((source, order, index, tuple(window)))
         rotated: dict[str, int] = {}
         if config.records:
             for series_id, items in by_series.items():

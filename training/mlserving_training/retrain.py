@@ -27,6 +27,10 @@ from mlserving_training.pipeline import Emit, TrainResult, evaluate_package, loa
 log = logging.getLogger("mlserving.training.retrain")
 
 
+class NotEnoughData(data_mod.DataError):
+    """Records on, no bootstrap CSV and too few live readings yet: a skipped run, not a failure."""
+
+
 @dataclass(frozen=True)
 class RetrainOutcome:
     """What a run did: skipped (no trigger), trained but unpublished, refused, published [and promoted]."""
@@ -47,7 +51,7 @@ def load_training_data(config: TrainConfig, drained: records_mod.Drained | None,
     if not series_id:
         candidates = data_mod.list_series(base) if base is not None else sorted(drained.histories if drained else {})
         if not candidates:
-            raise data_mod.DataError("records: no bootstrap data and no live records yet; nothing to train on")
+            raise NotEnoughData("no bootstrap CSV (data) and no live records yet")
         series_id = candidates[0]
     after = None
     if base is not None:
@@ -56,8 +60,10 @@ def load_training_data(config: TrainConfig, drained: records_mod.Drained | None,
         if mask.any() and np.isfinite(times[mask]).any():
             after = int(np.nanmax(times[mask]))
     rows = records_mod.live_frame_rows(config, drained, series_id, after) if drained else []
-    if base is None and not rows:
-        raise data_mod.DataError(f"records: no live readings of {series_id} yet and no bootstrap CSV (data)")
+    # Every split needs at least one window: fewer readings cannot train, so wait for more.
+    needed = int((config.window + 1) / min(config.test_fraction, config.val_fraction)) + 1
+    if base is None and len(rows) < needed:
+        raise NotEnoughData(f"{len(rows)} live readings of {series_id} and no bootstrap CSV (data); need {needed}")
     live = pd.DataFrame(rows, columns=list(STANDARD_COLUMNS)).astype(str)
     frames = [base.frame] if base is not None else []
     frame = pd.concat([*frames, live], ignore_index=True)
@@ -101,7 +107,13 @@ def run_retrain(config: TrainConfig, emit: Emit = print) -> RetrainOutcome:
             kinds = sorted({f"{e.get('kind')}@{e.get('tenant')}/{e.get('version')}" for e in events})
             emit(f"retrain {name}: {len(events)} drift event(s): {', '.join(kinds)}")
 
-    raw = load_training_data(config, drained, emit)
+    try:
+        raw = load_training_data(config, drained, emit)
+    except NotEnoughData as exc:
+        reason = f"nothing to train on yet: {exc}"
+        event(log, "retrain decision", model=name, action="skipped", reason=reason)
+        emit(f"retrain {name}: skipped ({reason})")
+        return RetrainOutcome("skipped", reason=reason)
     result = train(config, emit, raw)
     evaluate_package(result.package_dir, raw, result.metadata.series_id, split="test", emit=emit)
     if not config.registry:

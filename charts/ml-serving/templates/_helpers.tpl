@@ -232,6 +232,8 @@ effectiveResponseTopic (overrides or the protocol's defaults), minReplicas (the 
 {{- end }}
 {{- $_ := set $models $model.name (default $globalVersion $model.version) }}
 {{- $_ := set $t "models" $models }}
+{{- $_ := set $t "shadow" (default dict $t.shadow) }}
+{{- $_ := set $t "record" (default false $t.record) }}
 {{- $_ := set $t "defaultModel" $model.name }}
 {{- $_ := set $t "requestTopic" (default "" $t.requestTopic) }}
 {{- $_ := set $t "responseTopic" (default "" $t.responseTopic) }}
@@ -285,6 +287,24 @@ http:
   port: {{ $c.httpPort | int64 }}
 drain_seconds: {{ $c.drainSeconds }}
 log_level: {{ $c.logLevel }}
+{{- $lc := $c.lifecycle }}
+lifecycle:
+  live_accuracy:
+    enabled: {{ $lc.liveAccuracy.enabled }}
+    window: {{ $lc.liveAccuracy.window | int64 }}
+    max_series: {{ $lc.liveAccuracy.maxSeries | int64 }}
+  drift:
+    enabled: {{ $lc.drift.enabled }}
+    error_factor: {{ $lc.drift.errorFactor }}
+    min_scored: {{ $lc.drift.minScored | int64 }}
+    psi_threshold: {{ $lc.drift.psiThreshold }}
+    input_window: {{ $lc.drift.inputWindow | int64 }}
+    publish_events: {{ $lc.drift.publishEvents }}
+  auto_rollback:
+    enabled: {{ $lc.autoRollback.enabled }}
+    margin: {{ $lc.autoRollback.margin }}
+    min_scored: {{ $lc.autoRollback.minScored | int64 }}
+    window_seconds: {{ $lc.autoRollback.windowSeconds }}
 tenants:
   {{ $name }}:
     models:
@@ -297,6 +317,13 @@ tenants:
     rate_limit:
       per_second: {{ $t.rateLimit.perSecond }}
       burst: {{ $t.rateLimit.burst | int64 }}
+    {{- if $t.shadow }}
+    shadow:
+      {{- range $m, $ver := $t.shadow }}
+      {{ $m }}: {{ $ver | quote }}
+      {{- end }}
+    {{- end }}
+    record: {{ $t.record }}
 {{- end }}
 
 {{/* Pod-level scheduling keys shared by the workloads: (dict with nodeSelector tolerations affinity priorityClassName). */}}
@@ -333,7 +360,8 @@ priorityClassName: {{ . }}
 {{- $tenants := include "ml-serving.tenants" . | fromYaml -}}
 # Rendered by the ml-serving chart. Anything not granted here is denied.
 # Serving pods: read every tenant's requests (also through the shared subscription), answer in
-# the tenants' response namespaces, read the broker-backed model registry.
+# the tenants' response namespaces, read the broker-backed model registry, publish live-traffic
+# records and lifecycle events (docs/lifecycle.md).
 user {{ $v.broker.users.server.username }}
 {{- range $name, $t := $tenants }}
 topic read {{ $t.effectiveRequestTopic }}
@@ -423,6 +451,12 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 {{- default (include "ml-serving.componentName" (list . "registry")) .Values.registry.persistence.existingClaim }}
 {{- end }}
 
+{{/* "true" when a retraining entry needs the trainer's broker session (records or drift trigger). */}}
+{{- define "ml-serving.trainerUsesBroker" -}}
+{{- $records := default dict .records }}
+{{- if or (default false $records.enabled) (eq (default "schedule" .trigger) "drift") }}true{{ end }}
+{{- end }}
+
 {{/*
 Trainer config of one model (list $ name model): the TrainConfig of mlserving_training
 (`mlserving-train pipeline --config`). Never holds a secret.
@@ -450,6 +484,28 @@ out: {{ printf "/tmp/packages/%s" $name | quote }}
 plot: none
 {{- if and $m.qualityGate (not (kindIs "invalid" $m.qualityGate.margin)) }}
 gate_margin: {{ $m.qualityGate.margin }}
+{{- end }}
+{{- if and $m.qualityGate (eq (toString $m.qualityGate.enabled) "false") }}
+gate: false
+{{- end }}
+trigger: {{ default "schedule" $m.trigger }}
+{{- $records := default dict $m.records }}
+records: {{ ternary "true" "false" (default false $records.enabled) }}
+{{- if $records.tenant }}
+records_tenant: {{ $records.tenant | quote }}
+{{- end }}
+{{- if include "ml-serving.trainerUsesBroker" $m }}
+{{- $tls := include "ml-serving.broker.tls" $root }}
+# The trainer's persistent broker session: live records and drift events (docs/lifecycle.md).
+broker_host: {{ include "ml-serving.broker.host" $root | quote }}
+broker_port: {{ include "ml-serving.broker.port" $root }}
+broker_username: {{ $root.Values.broker.users.trainer.username | quote }}
+broker_password_file: /etc/ml-serving/broker/password
+{{- if $tls }}
+broker_tls_ca_file: {{ include "ml-serving.caDir" $root }}/ca.crt
+{{- end }}
+topic_prefix: {{ $root.Values.topicPrefix | quote }}
+client_id: {{ printf "mlserving-trainer-%s" $name | trunc 64 | quote }}
 {{- end }}
 {{- range $key, $value := (default dict $m.settings) }}
 {{ $key }}: {{ $value | toJson }}

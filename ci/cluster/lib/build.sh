@@ -27,8 +27,9 @@ build_stamp() { # dir-of-tools-module extra-string
 # sets BIN_<NAME> to the directory with the binaries.
 ensure_built() {
   local name=$1 ver=$2 tooldir=$3 extra=$4 fn=$5
-  local out="$CACHE_ROOT/k8s/bin/${name}-${ver}-$(gover)"
-  [[ $name == kubernetes ]] && out="$CACHE_ROOT/k8s/bin/${ver}-$(gover)"
+  local gv out; gv=$(gover)
+  out="$CACHE_ROOT/k8s/bin/${name}-${ver}-$gv"
+  [[ $name == kubernetes ]] && out="$CACHE_ROOT/k8s/bin/${ver}-$gv"
   local stamp; stamp=$(build_stamp "$tooldir" "$extra")
   if [[ -f $out/.stamp && $(cat "$out/.stamp") == "$stamp" ]]; then
     log "build: $name $ver cached in $out"
@@ -112,5 +113,5 @@ build_all() {
   ensure_built coredns "$COREDNS_VERSION" "$d/coredns" "" _build_coredns
   ensure_built metrics-server "$METRICS_SERVER_VERSION" "$d/metrics-server" "" _build_metrics_server
   ensure_built pause "$PAUSE_TAG" "$CLUSTER_DIR/pause" "" _build_pause
-  log "build: all binaries ready after $((SECONDS - t0))s; cache disk use: $(du -sh "$CACHE_ROOT" 2>/dev/null | cut -f1)"
+  log "build: all binaries ready after $((SECONDS - t0))s; binaries in $CACHE_ROOT/k8s/bin: $(du -sh "$CACHE_ROOT/k8s/bin" 2>/dev/null | cut -f1)"
 }

@@ -20,6 +20,7 @@ from mlserving_common.registry import open_registry
 
 from mlserving_server.config import ServerConfig
 from mlserving_server.http import HttpServer
+from mlserving_server.lifecycle import Lifecycle
 from mlserving_server.metrics import Metrics
 from mlserving_server.models import ModelStore
 from mlserving_server.pipeline import Pipeline
@@ -41,11 +42,15 @@ class Server:
             config.batching.max_batch,
             config.registry.poll_seconds,
             on_swap=self._on_swap,
+            optional=config.shadow_versions(),
         )
-        self.pipeline = Pipeline(config, self.store, self.metrics)
+        self.lifecycle = Lifecycle(config, self.metrics, shadow_runtime=self.store.get, roll_back=self.store.roll_back)
+        self.pipeline = Pipeline(config, self.store, self.metrics, self.lifecycle)
         client_id = f"mlserving-{socket.gethostname()}-{os.getpid()}"[:64]
         self.transport = Transport(config, self.metrics, self.pipeline.admit, client_id=client_id)
         self.pipeline.transport = self.transport
+        self.lifecycle.publish = self.transport.publish  # records and lifecycle events
+        self.lifecycle.source = client_id
         self.http = HttpServer(config.http.host, config.http.port, self.readiness, self.metrics.render)
         batcher = self.pipeline.batcher
         self.metrics.track(pending=batcher.pending, inflight=batcher.inflight)
@@ -129,10 +134,13 @@ class Server:
             "models_loaded": models,
             "versions": self.store.serving_versions(),
             "draining": self._draining,
+            "rolled_back": self.store.blocked(),
+            "lifecycle": self.lifecycle.status(),
         }
 
     # -- model swaps -------------------------------------------------------------------------
-    def _on_swap(self, model: str, spec: str, old: ModelRuntime | None, new: ModelRuntime) -> None:
+    def _on_swap(self, model: str, spec: str, old: ModelRuntime | None, new: ModelRuntime, reason: str = "registry") -> None:
+        self.lifecycle.on_swap(model, spec, old, new, reason)
         for name, tenant in self.config.tenants.items():
             if tenant.models.get(model) != spec:
                 continue

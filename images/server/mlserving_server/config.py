@@ -7,6 +7,7 @@ the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -91,6 +92,40 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True)
+class LiveAccuracyConfig:
+    """Scoring of past forecasts against the readings later requests reveal (docs/lifecycle.md)."""
+
+    enabled: bool = True
+    window: int = 500  # scored forecasts per live MAE (sliding)
+    max_series: int = 10000  # series remembered for scoring (least recently used evicted)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    enabled: bool = True
+    error_factor: float = 1.5  # error drift: live MAE > factor x the package's test MAE
+    min_scored: int = 100  # scored forecasts before the error rule may fire
+    psi_threshold: float = 0.25  # input drift: PSI of the last input_window values vs training inputs
+    input_window: int = 6000  # normalised input values in the PSI window
+    publish_events: bool = True  # publish transitions on <prefix>/_events/drift (not retained)
+
+
+@dataclass(frozen=True)
+class AutoRollbackConfig:
+    enabled: bool = True
+    margin: float = 0.2  # roll back when new live MAE > predecessor's x (1 + margin)
+    min_scored: int = 100  # forecasts scored for the predecessor (baseline) and the new version (decision)
+    window_seconds: float = 3600.0  # no decision within this long after the swap: keep the new version
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    live_accuracy: LiveAccuracyConfig = field(default_factory=LiveAccuracyConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    auto_rollback: AutoRollbackConfig = field(default_factory=AutoRollbackConfig)
+
+
+@dataclass(frozen=True)
 class TenantConfig:
     name: str
     models: dict[str, str]
@@ -98,6 +133,10 @@ class TenantConfig:
     request_topic: str
     response_topic: str
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    #: model -> version spec run in shadow on the same batches: scored, never answered
+    shadow: dict[str, str] = field(default_factory=dict)
+    #: publish the windows of requests with a series_id as live-traffic records for retraining
+    record: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,11 +151,16 @@ class ServerConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     drain_seconds: float = 20.0
     log_level: str = "info"
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
 
     def model_versions(self) -> set[tuple[str, str]]:
         """Every (model, version spec) some tenant needs."""
         return {(m, v) for t in self.tenants.values() for m, v in t.models.items()}
+
+    def shadow_versions(self) -> set[tuple[str, str]]:
+        """Every (model, version spec) some tenant runs in shadow (loaded, never required for readiness)."""
+        return {(m, v) for t in self.tenants.values() for m, v in t.shadow.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +347,7 @@ def _tenants(raw: Any, prefix: str) -> dict[str, TenantConfig]:
             raise ConfigError(f"{where}: tenant name must match {TENANT_PATTERN.pattern}")
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: must be a mapping")
-        allowed = {"models", "default_model", "request_topic", "response_topic", "rate_limit"}
+        allowed = {"models", "default_model", "request_topic", "response_topic", "rate_limit", "shadow", "record"}
         for key in body:
             if key not in allowed:
                 raise ConfigError(f"{where}.{key}: unknown field")
@@ -335,9 +379,29 @@ def _tenants(raw: Any, prefix: str) -> dict[str, TenantConfig]:
             raise ConfigError(f"{where}.rate_limit.per_second: must be >= 0")
         if rate.burst < 0:
             raise ConfigError(f"{where}.rate_limit.burst: must be >= 0")
-        tenants[name] = TenantConfig(name, models, default_model, request, response, rate)
+        shadow = _shadow(body.get("shadow"), models, where)
+        record = _scalar(body.get("record", False), "bool", f"{where}.record")
+        tenants[name] = TenantConfig(name, models, default_model, request, response, rate, shadow, record)
     _check_topics(tenants)
     return tenants
+
+
+def _shadow(raw: Any, models: dict[str, str], where: str) -> dict[str, str]:
+    """{model: version spec} of shadow versions; each must shadow one of the tenant's models."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}.shadow: must be a mapping of model to version (e.g. {{lstm: v3}})")
+    shadow: dict[str, str] = {}
+    for model, version in raw.items():
+        if model not in models:
+            raise ConfigError(f"{where}.shadow.{model}: not one of the tenant's models {sorted(models)}")
+        if not isinstance(version, str) or not (version == CURRENT or VERSION_PATTERN.match(version)):
+            raise ConfigError(f"{where}.shadow.{model}: version {version!r} must be '{CURRENT}' or vN")
+        if version == models[model]:
+            raise ConfigError(f"{where}.shadow.{model}: {version!r} is the version the tenant already serves")
+        shadow[model] = version
+    return shadow
 
 
 def _check_topics(tenants: dict[str, TenantConfig]) -> None:
@@ -388,12 +452,32 @@ def _validate(config: ServerConfig) -> None:
         (0 <= config.http.port <= 65535, f"http.port: {config.http.port} must be 0..65535"),
         (config.drain_seconds >= 0, f"drain_seconds: {config.drain_seconds} must be >= 0"),
         (config.log_level in LOG_LEVELS, f"log_level: {config.log_level!r} must be one of {', '.join(LOG_LEVELS)}"),
+        *_lifecycle_checks(config.lifecycle),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     if config.broker.tls.enabled and config.broker.tls.ca_file and not Path(config.broker.tls.ca_file).is_file():
         raise ConfigError(f"broker.tls.ca_file: {config.broker.tls.ca_file} is not a file")
+
+
+def _lifecycle_checks(lc: LifecycleConfig) -> list[tuple[bool, str]]:
+    live, drift, rollback = lc.live_accuracy, lc.drift, lc.auto_rollback
+    return [
+        (10 <= live.window <= 100_000, f"lifecycle.live_accuracy.window: {live.window} must be 10..100000"),
+        (1 <= live.max_series <= 10_000_000, f"lifecycle.live_accuracy.max_series: {live.max_series} must be >= 1"),
+        (drift.error_factor > 1.0, f"lifecycle.drift.error_factor: {drift.error_factor} must be > 1"),
+        (1 <= drift.min_scored <= live.window,
+         f"lifecycle.drift.min_scored: {drift.min_scored} must be 1..live_accuracy.window ({live.window})"),
+        (drift.psi_threshold > 0, f"lifecycle.drift.psi_threshold: {drift.psi_threshold} must be > 0"),
+        (100 <= drift.input_window <= 10_000_000, f"lifecycle.drift.input_window: {drift.input_window} must be >= 100"),
+        (rollback.margin >= 0, f"lifecycle.auto_rollback.margin: {rollback.margin} must be >= 0"),
+        (1 <= rollback.min_scored <= live.window,
+         f"lifecycle.auto_rollback.min_scored: {rollback.min_scored} must be 1..live_accuracy.window ({live.window})"),
+        (rollback.window_seconds > 0, f"lifecycle.auto_rollback.window_seconds: {rollback.window_seconds} must be > 0"),
+        (not (rollback.enabled and not live.enabled),
+         "lifecycle.auto_rollback.enabled: needs lifecycle.live_accuracy.enabled (it compares live errors)"),
+    ]
 
 
 def summary(config: ServerConfig) -> dict[str, Any]:
@@ -408,6 +492,7 @@ def summary(config: ServerConfig) -> dict[str, Any]:
         },
         "registry": config.registry.path,
         "http_port": config.http.port,
+        "lifecycle": dataclasses.asdict(config.lifecycle),
         "tenants": {
             name: {
                 "models": t.models,
@@ -415,6 +500,8 @@ def summary(config: ServerConfig) -> dict[str, Any]:
                 "request_topic": t.request_topic,
                 "response_topic": t.response_topic,
                 "rate_limit_per_second": t.rate_limit.per_second,
+                "shadow": t.shadow,
+                "record": t.record,
             }
             for name, t in config.tenants.items()
         },

@@ -81,6 +81,41 @@ class Metrics:
         self.broker_connects = Counter("mlserving_broker_connects", "Successful broker (re)connections.", registry=r)
         self.subscribed = Gauge("mlserving_subscribed_tenants", "Tenants whose request topic is subscribed.", registry=r)
         self.ready = Gauge("mlserving_ready", "1 when connected, subscribed and all models loaded.", registry=r)
+        # Model lifecycle (docs/lifecycle.md)
+        self.live_mae = Gauge(
+            "mlserving_live_mae",
+            "MAE (raw units) of the last N forecasts scored against the actual reading later requests revealed.",
+            ["tenant", "model", "version", "role"],
+            registry=r,
+        )
+        self.live_scored = Counter(
+            "mlserving_live_scored",
+            "Forecasts scored against their actual reading (role: serving or shadow).",
+            ["tenant", "model", "version", "role"],
+            registry=r,
+        )
+        self.drift = Gauge(
+            "mlserving_drift",
+            "1 while a drift signal is on: kind=error (live MAE above factor x test MAE) or input (PSI above threshold).",
+            ["tenant", "model", "version", "kind"],
+            registry=r,
+        )
+        self.input_psi = Gauge(
+            "mlserving_input_psi",
+            "Population stability index of the tenant's recent normalised inputs against the version's training inputs.",
+            ["tenant", "model", "version"],
+            registry=r,
+        )
+        self.auto_rollbacks = Counter(
+            "mlserving_auto_rollbacks",
+            "Newly promoted versions swapped back to their predecessor because their live MAE was worse.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.records = Counter(
+            "mlserving_records_published", "Live-traffic records published for retraining.", ["tenant"], registry=r
+        )
+        self._records_children: dict[str, Counter] = {}
         self._request_children: dict[tuple[str, str, str, str], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._batch_children: dict[str, tuple[Histogram, Histogram]] = {}
@@ -104,6 +139,12 @@ class Metrics:
         if pair is None:
             pair = self._batch_children[model] = (self.batch_size.labels(model), self.inference.labels(model))
         return pair
+
+    def records_child(self, tenant: str) -> Counter:
+        child = self._records_children.get(tenant)
+        if child is None:
+            child = self._records_children[tenant] = self.records.labels(tenant)
+        return child
 
     def track(self, pending: Callable[[], float], inflight: Callable[[], float]) -> None:
         """Gauges computed at scrape time, so the hot path pays nothing for them."""

@@ -18,12 +18,14 @@ from mlserving_common.logs import event
 from mlserving_common.package import PackageError
 from mlserving_common.registry import Registry, RegistryError
 
+from mlserving_server import sandbox
 from mlserving_server.config import CURRENT
 from mlserving_server.metrics import Metrics
 from mlserving_server.runtime import ModelRuntime
 
 log = logging.getLogger("mlserving.models")
-SwapListener = Callable[[str, str, "ModelRuntime | None", ModelRuntime], None]
+#: on_swap(model, spec, old runtime, new runtime, reason): reason is "registry" or "auto-rollback"
+SwapListener = Callable[[str, str, "ModelRuntime | None", ModelRuntime, str], None]
 
 
 class ModelStore:
@@ -37,8 +39,12 @@ class ModelStore:
         max_batch: int,
         poll_seconds: float,
         on_swap: SwapListener | None = None,
+        optional: set[tuple[str, str]] = frozenset(),
     ) -> None:
-        self._specs = sorted(specs)
+        # Optional specs (shadow versions) are loaded and followed like the others but are not
+        # needed for readiness: a missing shadow must not keep a tenant from serving.
+        self._specs = sorted(set(specs) | set(optional))
+        self._required = set(specs)
         self._registry = registry
         self._metrics = metrics
         self._max_batch = max_batch
@@ -50,6 +56,9 @@ class ModelStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._changed = threading.Event()
+        #: (model, spec) -> version rolled back automatically; ignored until the pointer moves on
+        self._blocked: dict[tuple[str, str], str] = {}
+        self._swap_lock = threading.Lock()
 
     # -- hot path ---------------------------------------------------------------------------
     def get(self, model: str, spec: str) -> ModelRuntime | None:
@@ -57,7 +66,7 @@ class ModelStore:
 
     # -- state ------------------------------------------------------------------------------
     def all_loaded(self) -> bool:
-        return all(key in self._serving for key in self._specs)
+        return all(key in self._serving for key in self._required)
 
     def loaded(self, model: str, spec: str) -> bool:
         return (model, spec) in self._serving
@@ -88,6 +97,13 @@ class ModelStore:
             self._report_once(model, spec, "none", "no current version in the registry yet", logging.WARNING)
             return False
         key = (model, spec)
+        blocked = self._blocked.get(key)
+        if blocked is not None:
+            if blocked == desired:
+                return False  # rolled back automatically; wait for the pointer to move on
+            with self._swap_lock:
+                self._blocked.pop(key, None)
+            event(log, "rolled-back version unblocked", model=model, spec=spec, version=blocked, pointer=desired)
         serving = self._serving.get(key)
         if serving is not None and serving.version == desired:
             return False
@@ -96,7 +112,11 @@ class ModelStore:
         runtime = self._shared_runtime(model, desired) or self._load(model, desired)
         if runtime is None:
             return False
-        self._serving[key] = runtime  # the atomic swap
+        with self._swap_lock:
+            if self._blocked.get(key) == desired:
+                return False
+            serving = self._serving.get(key)
+            self._serving[key] = runtime  # the atomic swap
         if serving is not None:
             self._metrics.model_swaps.labels(model).inc()
         event(
@@ -108,8 +128,30 @@ class ModelStore:
             previous=serving.version if serving else None,
         )
         if self._on_swap is not None:
-            self._on_swap(model, spec, serving, runtime)
+            self._on_swap(model, spec, serving, runtime, "registry")
         return True
+
+    def roll_back(self, model: str, spec: str, predecessor: ModelRuntime, rejected: str) -> bool:
+        """Swap `predecessor` back in for `rejected` and ignore `rejected` while the pointer names it.
+
+        Called by the auto-rollback guard (worker thread); False if `rejected` no longer serves.
+        """
+        key = (model, spec)
+        with self._swap_lock:
+            serving = self._serving.get(key)
+            if serving is None or serving.version != rejected:
+                return False
+            self._blocked[key] = rejected
+            self._serving[key] = predecessor
+        self._metrics.model_swaps.labels(model).inc()
+        event(log, "model serving", logging.WARNING, model=model, spec=spec, version=predecessor.version,
+              previous=rejected, reason="auto-rollback")
+        if self._on_swap is not None:
+            self._on_swap(model, spec, serving, predecessor, "auto-rollback")
+        return True
+
+    def blocked(self) -> dict[str, str]:
+        return {f"{model}:{spec}": version for (model, spec), version in self._blocked.items()}
 
     def _shared_runtime(self, model: str, version: str) -> ModelRuntime | None:
         """Reuse a runtime another spec already loaded (e.g. `current` and a pin on the same vN)."""
@@ -126,6 +168,7 @@ class ModelStore:
             return None
         started = time.perf_counter()
         try:
+            sandbox.probe(path, self._max_batch)  # a package that crashes LiteRT is refused, not fatal
             runtime = ModelRuntime(path, self._max_batch)
             if runtime.name != model:
                 raise PackageError(f"metadata.json: name {runtime.name!r} but the registry holds it as {model!r}")

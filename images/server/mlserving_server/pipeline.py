@@ -23,6 +23,7 @@ from mlserving_common.protocol import ErrorCode, ProtocolError, Request
 
 from mlserving_server.batching import Batcher
 from mlserving_server.config import ServerConfig, TenantConfig
+from mlserving_server.lifecycle import Lifecycle
 from mlserving_server.metrics import Metrics
 from mlserving_server.models import ModelStore
 from mlserving_server.ratelimit import TokenBucket
@@ -78,10 +79,13 @@ def _peek_id(payload: bytes, max_bytes: int) -> str | None:
 
 
 class Pipeline:
-    def __init__(self, config: ServerConfig, store: ModelStore, metrics: Metrics) -> None:
+    def __init__(
+        self, config: ServerConfig, store: ModelStore, metrics: Metrics, lifecycle: Lifecycle | None = None
+    ) -> None:
         self._config = config
         self._store = store
         self._metrics = metrics
+        self._lifecycle = lifecycle
         self._max_bytes = config.limits.max_payload_bytes
         self._max_instances = config.limits.max_instances
         self.tenants = {
@@ -108,11 +112,13 @@ class Pipeline:
         item: Item = (tenant, payload, response_topic, correlation, arrived)
         if not tenant.bucket.take():
             self._reject(item, ErrorCode.RATE_LIMITED, f"tenant {tenant.name} is over its rate limit")
-        elif not self.batcher.submit(item):
+        elif not self.batcher.submit(item, tenant):  # one lane per tenant: fair batches
             self._reject(item, ErrorCode.OVERLOADED, "server queue is full, retry later")
 
     def _reject(self, item: Item, code: str, message: str) -> None:
-        self._fail(item, _peek_id(item[1], self._max_bytes), code, message, "", "")
+        # Where the request asked (clients listen on their own subtopic only), unless outside the namespace.
+        topic = item[0].reply_topic(item[2])
+        self._fail(item, _peek_id(item[1], self._max_bytes), code, message, "", "", topic)
 
     # -- worker thread -----------------------------------------------------------------------
     def process(self, batch: list[Item]) -> None:
@@ -222,6 +228,13 @@ class Pipeline:
                 )
                 self._send(item, topic, body, runtime.name, runtime.version, "ok")
             position += count
+        if self._lifecycle is not None and self._lifecycle.active:
+            # After the answers: shadow versions, live accuracy, drift and records never delay or change one.
+            firsts, row = [], 0
+            for item, request, _ in entries:
+                firsts.append((item[0].config, request, row, item[4]))
+                row += len(request.instances)
+            self._lifecycle.after_batch(runtime, firsts, windows, forecasts)
 
     # -- answers -----------------------------------------------------------------------------
     def _fail(

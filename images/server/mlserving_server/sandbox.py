@@ -7,7 +7,9 @@ stop them when the bytes were damaged before hashing, or published by someone wh
 and every replica follows `current`: without this check one bad promotion would kill them all.
 
 The child runs exactly the constructor the server then runs (checks, LiteRT load, a warm-up
-inference per batch bucket) and exits. While this process has no other thread (the app's first
+inference per batch bucket) and exits. Its data segment is capped (RLIMIT_DATA): another damaged
+file made LiteRT allocate 23 GB and brought the kernel's OOM killer; capped, the allocation fails
+and the package is refused. While this process has no other thread (the app's first
 refresh, before MQTT, HTTP and the worker start) the child is a fork: a few milliseconds.
 Afterwards (hot swaps, with threads running, where fork is unsafe) it is a fresh interpreter,
 `python -m mlserving_server.sandbox PACKAGE MAX_BATCH`: a second or two in the background poller
@@ -17,7 +19,9 @@ while the previous version keeps serving.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -31,6 +35,8 @@ from mlserving_common.package import MODEL_FILE, PackageError
 PROBE_TIMEOUT_S = 300.0
 _OK, _REFUSED, _FAILED = 0, 3, 4
 _MAX_MESSAGE = 4096  # fits a pipe buffer, so the child never blocks writing it
+#: Memory a probe may allocate (RLIMIT_DATA); models here are kilobytes to a few hundred MB.
+PROBE_MEMORY_BYTES = 4 << 30
 
 
 def probe(package_dir: Path, max_batch: int, timeout: float = PROBE_TIMEOUT_S) -> None:
@@ -52,14 +58,19 @@ def probe(package_dir: Path, max_batch: int, timeout: float = PROBE_TIMEOUT_S) -
     raise PackageError(f"{package_dir}: the loader failed (exit {code}){': ' + message if message else ''}")
 
 
-def check(package_dir: Path, max_batch: int) -> tuple[int, str]:
+def check(package_dir: Path, max_batch: int, memory_bytes: int = PROBE_MEMORY_BYTES) -> tuple[int, str]:
     """What the child does: build the runtime the server would build; (exit code, reason)."""
     from mlserving_server.runtime import ModelRuntime  # LiteRT: not needed by the parent's caller
 
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft == resource.RLIM_INFINITY or soft > memory_bytes:
+        resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, hard))
     try:
         ModelRuntime(package_dir, max_batch)
     except PackageError as exc:
         return _REFUSED, str(exc)
+    except MemoryError:
+        return _REFUSED, f"{package_dir / MODEL_FILE}: loading it needs more than {memory_bytes >> 20} MB"
     except Exception as exc:  # anything else LiteRT or numpy throw at a broken file
         return _FAILED, f"{type(exc).__name__}: {exc}"
     return _OK, ""
@@ -75,6 +86,7 @@ def _forked(package_dir: Path, max_batch: int, timeout: float) -> tuple[int | No
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)  # LiteRT's plain-text INFO lines must not reach our JSON log
+            faulthandler.disable()  # a crash is the expected verdict here, not a traceback to dump
             code, message = check(package_dir, max_batch)
             os.write(write_fd, message.encode(errors="replace")[:_MAX_MESSAGE])
         finally:

@@ -13,7 +13,7 @@ from mlserving_training.records import SeriesHistory, history_rows, stitch
 
 import pandas as pd
 
-READINGS = [float(v) for v in np.round(np.random.default_rng(3).normal(20, 2, 60), 3)]
+READINGS = [float(v) for v in np.round(np.random.default_rng(3).normal(20, 2, 120), 3)]
 
 
 def windows(start: int, stop: int, step: int = 1, w: int = 6) -> list[tuple[float, ...]]:
@@ -29,33 +29,46 @@ def test_overlap_shift_finds_the_smallest_shift():
     assert overlap_shift(a, a[:5]) is None
 
 
+def records(source: str, items: list[tuple[float, ...]], first: int = 0) -> list[tuple]:
+    """(source, order, index within the request, window) as the drain builds them."""
+    return [(source, float(first + i), 0, w) for i, w in enumerate(items)]
+
+
 def test_windows_from_several_replicas_stitch_back_into_the_series():
-    # Two replicas served alternate windows; each record carries the receipt time.
-    replica_a = [(float(i), 0, w) for i, w in zip(range(0, 40, 2), windows(0, 40, 2))]
-    replica_b = [(float(i), 0, w) for i, w in zip(range(1, 40, 2), windows(1, 40, 2))]
-    history = stitch(SeriesHistory(), replica_b + replica_a)  # arrival order does not matter
+    # Two replicas served alternate windows; each chains its own (shift 2), the runs are joined.
+    history = stitch(SeriesHistory(), records("b", windows(1, 40, 2)) + records("a", windows(0, 40, 2)))
     assert history.segments == [READINGS[: 39 + 6]]
-    # Only every third window (three replicas, one drained): still one segment.
-    history = stitch(SeriesHistory(), [(float(i), 0, w) for i, w in enumerate(windows(0, 40, 3))])
+    # Three replicas, only one of them drained: shift 3 still overlaps.
+    history = stitch(SeriesHistory(), records("a", windows(0, 40, 3)))
     assert history.segments == [READINGS[: 39 + 6]]
+
+
+def test_one_replica_far_behind_another_still_makes_one_series():
+    # Replica b's windows all numbered long before replica a's: orders across servers do not matter.
+    history = stitch(SeriesHistory(), records("a", windows(0, 80, 2), first=1000) + records("b", windows(1, 80, 2)))
+    assert history.segments == [READINGS[: 79 + 6]]
+    # Windows entirely inside another run (retries, late duplicates) add nothing.
+    stitch(history, records("c", windows(10, 20)))
+    assert history.segments == [READINGS[: 79 + 6]]
 
 
 def test_retries_are_ignored_and_gaps_start_a_new_segment():
     items = windows(0, 5) + windows(4, 5) + windows(20, 25)  # a retry of window 4, then a jump
-    history = stitch(SeriesHistory(), [(float(i), 0, w) for i, w in enumerate(items)])
+    history = stitch(SeriesHistory(), records("a", items))
     assert history.segments == [READINGS[0:10], READINGS[20:30]]
     # Later drains continue the last segment.
-    stitch(history, [(100.0, 0, w) for w in windows(25, 27)])
+    stitch(history, records("a", windows(25, 27), first=100))
     assert history.segments[-1] == READINGS[20:32]
+    assert history.ends == [4.0, 101.0]
 
 
 def test_batched_instances_keep_their_order_within_one_request():
-    items = [(5.0, i, w) for i, w in enumerate(windows(0, 10))]
-    assert stitch(SeriesHistory(), reversed(items)).segments == [READINGS[:15]]
+    items = [("a", 5.0, i, w) for i, w in enumerate(windows(0, 10))]
+    assert stitch(SeriesHistory(), list(reversed(items))).segments == [READINGS[:15]]
 
 
 def test_history_rotates_out_the_oldest_readings_and_survives_json():
-    history = stitch(SeriesHistory(), [(float(i), 0, w) for i, w in enumerate(windows(0, 5) + windows(20, 40))])
+    history = stitch(SeriesHistory(), records("a", windows(0, 5) + windows(20, 40)))
     assert history.readings == 10 + 25
     assert history.trim(30) == 5
     assert history.readings == 30 and history.segments[0] == READINGS[5:10]
@@ -63,12 +76,12 @@ def test_history_rotates_out_the_oldest_readings_and_survives_json():
     assert history.segments == [READINGS[23:45]]
     again = SeriesHistory.from_json(history.to_json())
     assert again == history
-    stitch(again, [(0.0, 0, w) for w in windows(40, 41)])
+    stitch(again, records("a", windows(40, 41), first=99))
     assert again.segments == [READINGS[23:46]]
 
 
 def test_rows_become_a_cleaned_series_with_segments_split():
-    history = SeriesHistory([READINGS[:10], READINGS[20:30]], list(READINGS[24:30]))
+    history = SeriesHistory([READINGS[:10], READINGS[20:30]])
     rows = history_rows("BTS001/1", history, start=1_000, interval_s=3600, gap_steps=5)
     assert rows[0] == ("BTS001", "1", 1000, repr(READINGS[0]))
     frame = pd.DataFrame(rows, columns=["station_id", "parameter_id", "reading_time", "value"]).astype(str)
@@ -78,9 +91,11 @@ def test_rows_become_a_cleaned_series_with_segments_split():
 
 
 def test_record_contract_round_trips_and_topics_are_safe():
-    payload = protocol.encode_record("tenant-a", "BTS001/1", "lstm", [(1.0, 2.0), (2.0, 3.0)], at=12.5)
+    payload = protocol.encode_record("tenant-a", "BTS001/1", "lstm", [(1.0, 2.0), (2.0, 3.0)], at=12.5,
+                                     source="server-1", seq=7)
     body = protocol.decode_record(payload)
     assert body["windows"] == [[1.0, 2.0], [2.0, 3.0]] and body["t"] == 12.5 and body["series_id"] == "BTS001/1"
+    assert (body["src"], body["seq"]) == ("server-1", 7)
     assert protocol.records_topic("tenant-a", "BTS001/1") == "ml/_records/tenant-a/BTS001/1"
     assert protocol.records_topic("tenant-a", "a+b#c", "p") == "p/_records/tenant-a/a_b_c"
     assert protocol.records_filter() == "ml/_records/+/#"
