@@ -73,9 +73,16 @@ class Release:
     def deployment(self, tenant: str) -> str:
         return f"{RELEASE}-server-{tenant}"
 
-    def server_pods(self, tenant: str) -> list[dict[str, Any]]:
+    def _tenant_pods(self, tenant: str) -> list[dict[str, Any]]:
         selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=server,ml-serving.io/tenant={tenant}"
-        return [p for p in self.get("pods", selector=selector)["items"] if not p["metadata"].get("deletionTimestamp")]
+        return self.get("pods", selector=selector)["items"]
+
+    def server_pods(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's serving pods, leaving out those already terminating."""
+        return [p for p in self._tenant_pods(tenant) if not p["metadata"].get("deletionTimestamp")]
+
+    def terminating_pods(self, tenant: str) -> list[dict[str, Any]]:
+        return [p for p in self._tenant_pods(tenant) if p["metadata"].get("deletionTimestamp")]
 
     def install_args(self, *extra: str) -> list[str]:
         files = [f for path in (*TENANT_VALUES, E2E_VALUES) for f in ("-f", str(path))]

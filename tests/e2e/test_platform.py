@@ -134,6 +134,8 @@ def test_upgrade_to_v2_under_load_loses_nothing(release: Release) -> None:
         release.helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "model.version=v2",
                      "--wait", "--timeout", "5m")
         release.wait_rollout("tenant-a")
+        # The old pod still answers while it sleeps in preStop and drains; done means it is gone.
+        wait_until(lambda: not release.terminating_pods("tenant-a"), 120, 1, "the old pod to finish draining")
         upgrade_done = time.monotonic()
         time.sleep(10)
         outcome = load.stop()
