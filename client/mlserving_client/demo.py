@@ -21,7 +21,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -35,6 +35,7 @@ from mlserving_client.stats import LatencyRecorder
 TENANTS = {"tenant-a": "lstm", "tenant-b": "ann"}
 WINDOW = 6
 CHUNK = 40  # replay steps between checks of the stop flag
+PLOT_STEPS = 300
 
 
 @dataclass
@@ -148,6 +149,7 @@ def replay_until(client: Client, run: TenantRun, rate: float, stop: threading.Ev
         chunk = Series(run.series.label, times[start:end], values[start:end])
 
         def on_step(step: ReplayStep) -> None:
+            step = replace(step, index=len(run.steps))  # chunks restart at 0: number steps globally
             run.steps.append(step)
             if step.error:
                 run.errors[step.error] += 1
@@ -230,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"lost {run_lost}, errors {dict(run.errors) or 0}, p50 {latency.p50_ms:.1f} ms, "
                   f"p99 {latency.p99_ms:.1f} ms, answers by version {dict(run.versions_seen())}, MAE {mae}")
             out = workdir / f"demo-{run.tenant}-forecast.png"
-            plot(run.steps, f"{run.tenant} ({run.series.label})", out)
+            plot(run.steps[-PLOT_STEPS:], f"{run.tenant} ({run.series.label}), last {PLOT_STEPS} requests", out)
             print(f"  plot: {out}")
         if args.workdir is None:
             keep = Path.cwd() / "out"
