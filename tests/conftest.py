@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from mlserving_common.devcache import cache_dir
 import pytest
 import yaml
 
@@ -55,7 +56,7 @@ TENANT_MODELS = {"tenant-a": "lstm", "tenant-b": "ann"}
 #: A tenant with the original tutorial's fixed queue names.
 LEGACY_TENANT = "legacy"
 LEGACY_TOPICS = ("inqueue/lstm", "outqueue/lstm")
-CACHE_ROOT = Path(os.environ.get("MLSERVING_TEST_CACHE", "/var/cache/ml-serving/test-models"))
+CACHE_ROOT = cache_dir() / "test-models"
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
+
+from mlserving_common.devcache import cache_dir
 
 IMAGE_NAME = "ml-serving-server"
-ARCHIVES = Path("/var/cache/ml-serving/images/archives")
+ARCHIVES = cache_dir() / "images" / "archives"
 _UNITS = {"b": 1e-6, "kb": 1e-3, "mb": 1.0, "gb": 1e3, "tb": 1e6}
 
 

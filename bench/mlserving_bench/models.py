@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import shutil
 import tempfile
 import time
@@ -20,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from mlserving_common.devcache import cache_dir
 from mlserving_common.package import MODEL_FILE, Metadata, verify_package
 from mlserving_common.registry import FilesystemRegistry
 
-CACHE_ROOT = Path(os.environ.get("MLSERVING_BENCH_CACHE", "/var/cache/ml-serving/bench-models"))
+CACHE_ROOT = cache_dir() / "bench-models"
 MODELS = ("lstm", "ann")
 
 

@@ -4,11 +4,12 @@
 set -euo pipefail
 
 CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=versions.env
-source "$CLUSTER_DIR/versions.env"
+GOTOOLS=$CLUSTER_DIR/../gotools/gotools.sh                # builds every binary (one Go module)
+# shellcheck source=../gotools/versions.env
+source "$CLUSTER_DIR/../gotools/versions.env"
 
 # ---- fixed locations -------------------------------------------------------------------------
-CACHE_ROOT=${ML_CI_CACHE:-/var/cache/ml-serving}      # Go caches, built binaries, image tarballs (kept)
+CACHE_ROOT=${MLSERVING_CACHE:-/var/cache/ml-serving}  # Go caches, built binaries, image tarballs (kept)
 STATE=/var/lib/ml-serving-ci                          # certs, etcd, kubelet, containerd root (wiped by down)
 RUN_DIR=/run/ml-serving-ci                            # sockets, netns mounts (wiped by down)
 LOG_DIR=/var/log/ml-serving-ci                        # component + build logs (kept for post-mortem)
@@ -49,9 +50,6 @@ log() { printf '[%s +%4ds] %s\n' "$(date +%H:%M:%S)" "$((SECONDS - T0))" "$*" >&
 die() { log "ERROR: $*"; exit 1; }
 need_root() { [[ $(id -u) == 0 ]] || die "must run as root"; }
 
-# shellcheck source=lib/build.sh
-source "$CLUSTER_DIR/lib/build.sh"
-
 usage() {
   cat <<EOF
 Usage: $0 COMMAND [ARGS]
@@ -74,17 +72,11 @@ EOF
 }
 
 # ---- helpers ---------------------------------------------------------------------------------
-kc() { "$BIN_kubernetes/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 ctr_() { ctr --address "$CTR_SOCK" -n k8s.io "$@"; }
 
-resolve_bins() { # without building: point BIN_* at the cache dirs
-  local g; g=$(gover)
-  BIN_kubernetes=$CACHE_ROOT/k8s/bin/$K8S_VERSION-$g
-  BIN_etcd=$CACHE_ROOT/k8s/bin/etcd-$ETCD_VERSION-$g
-  BIN_coredns=$CACHE_ROOT/k8s/bin/coredns-$COREDNS_VERSION-$g
-  BIN_metrics_server=$CACHE_ROOT/k8s/bin/metrics-server-$METRICS_SERVER_VERSION-$g
-  BIN_pause=$CACHE_ROOT/k8s/bin/pause-$PAUSE_TAG-$g
-}
+resolve_bins() { BIN=$(MLSERVING_CACHE=$CACHE_ROOT "$GOTOOLS" path cluster); } # without building
+build_bins() { BIN=$(MLSERVING_CACHE=$CACHE_ROOT "$GOTOOLS" build cluster | tail -n 1); }
 
 pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
 
@@ -174,9 +166,9 @@ busybox_rootfs() { # dir
 
 build_images() { # sets IMG_* tarball paths
   local w=$RUN_DIR/imgsrc; rm -rf "$w"; mkdir -p "$w"/{pause,coredns,metrics}
-  cp "$BIN_pause/pause" "$w/pause/pause"
-  cp "$BIN_coredns/coredns" "$w/coredns/coredns"
-  cp "$BIN_metrics_server/metrics-server" "$w/metrics/metrics-server"
+  cp "$BIN/pause" "$w/pause/pause"
+  cp "$BIN/coredns" "$w/coredns/coredns"
+  cp "$BIN/metrics-server" "$w/metrics/metrics-server"
   mkdir -p "$w/metrics/tmp"; chmod 1777 "$w/metrics/tmp"
   IMG_pause=$(ensure_image "$PAUSE_IMAGE" '["/pause"]' "$w/pause" 65535)
   IMG_coredns=$(ensure_image "$COREDNS_IMAGE" '["/coredns"]' "$w/coredns")
@@ -371,7 +363,7 @@ EOF
 }
 
 gen_certs() {
-  local ka=$BIN_kubernetes/kubeadm
+  local ka=$BIN/kubeadm
   {
     "$ka" init phase certs all --config "$STATE/kubeadm.yaml"
     "$ka" init phase kubeconfig all --config "$STATE/kubeadm.yaml" --kubeconfig-dir "$STATE/kubeconfigs"
@@ -391,7 +383,7 @@ start_containerd() {
 }
 
 start_etcd() {
-  start_proc etcd "$BIN_etcd/etcd" --name "$NODE_NAME" --data-dir "$STATE/etcd" \
+  start_proc etcd "$BIN/etcd" --name "$NODE_NAME" --data-dir "$STATE/etcd" \
     --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster "$NODE_NAME=http://127.0.0.1:2380" --listen-metrics-urls http://127.0.0.1:2381 \
@@ -401,7 +393,7 @@ start_etcd() {
 
 start_apiserver() {
   local p=$STATE/pki
-  start_proc kube-apiserver "$BIN_kubernetes/kube-apiserver" \
+  start_proc kube-apiserver "$BIN/kube-apiserver" \
     --advertise-address="$NODE_IP" --bind-address="$NODE_IP" --secure-port="$API_PORT" \
     --etcd-servers=http://127.0.0.1:2379 --allow-privileged=true \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
@@ -419,16 +411,16 @@ start_apiserver() {
     curl -fsS --cacert "$p/ca.crt" "https://$NODE_IP:$API_PORT/readyz"
   # admin.conf is in group kubeadm:cluster-admins, which only a full 'kubeadm init' binds
   local sa=$STATE/kubeconfigs/super-admin.conf
-  "$BIN_kubernetes/kubectl" --kubeconfig "$sa" create clusterrolebinding kubeadm:cluster-admins \
+  "$BIN/kubectl" --kubeconfig "$sa" create clusterrolebinding kubeadm:cluster-admins \
     --clusterrole=cluster-admin --group=kubeadm:cluster-admins >/dev/null
-  "$BIN_kubernetes/kubectl" --kubeconfig "$sa" create clusterrolebinding apiserver-kubelet-api-admin \
+  "$BIN/kubectl" --kubeconfig "$sa" create clusterrolebinding apiserver-kubelet-api-admin \
     --clusterrole=system:kubelet-api-admin --user=kube-apiserver-kubelet-client >/dev/null
   log "RBAC bindings for admin.conf and apiserver->kubelet created"
 }
 
 start_controllers() {
   local k=$STATE/kubeconfigs p=$STATE/pki
-  start_proc kube-controller-manager "$BIN_kubernetes/kube-controller-manager" \
+  start_proc kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig="$k/controller-manager.conf" --authentication-kubeconfig="$k/controller-manager.conf" \
     --authorization-kubeconfig="$k/controller-manager.conf" --bind-address=127.0.0.1 --leader-elect=false \
     --use-service-account-credentials=true --service-account-private-key-file="$p/sa.key" \
@@ -436,7 +428,7 @@ start_controllers() {
     --requestheader-client-ca-file="$p/front-proxy-ca.crt" --client-ca-file="$p/ca.crt" \
     --service-cluster-ip-range="$SVC_CIDR" --allocate-node-cidrs=true --cluster-cidr="$POD_CIDR" \
     --node-cidr-mask-size=24 --controllers='*,bootstrapsigner,tokencleaner' --profiling=false --v=1
-  start_proc kube-scheduler "$BIN_kubernetes/kube-scheduler" \
+  start_proc kube-scheduler "$BIN/kube-scheduler" \
     --kubeconfig="$k/scheduler.conf" --authentication-kubeconfig="$k/scheduler.conf" \
     --authorization-kubeconfig="$k/scheduler.conf" --bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
   wait_for kube-controller-manager 60 "kube-controller-manager healthz" curl -fsSk https://127.0.0.1:10257/healthz
@@ -446,7 +438,7 @@ start_controllers() {
 node_ready() { [[ $(kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]; }
 
 start_kubelet() {
-  start_proc kubelet "$BIN_kubernetes/kubelet" --config="$STATE/kubelet.yaml" \
+  start_proc kubelet "$BIN/kubelet" --config="$STATE/kubelet.yaml" \
     --kubeconfig="$STATE/kubeconfigs/kubelet.conf" --root-dir="$STATE/kubelet" \
     --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
   wait_for kubelet 120 "node $NODE_NAME registered" kc get node "$NODE_NAME"
@@ -454,7 +446,7 @@ start_kubelet() {
 }
 
 start_kube_proxy() {
-  start_proc kube-proxy "$BIN_kubernetes/kube-proxy" --config="$STATE/kube-proxy.yaml" --v=1
+  start_proc kube-proxy "$BIN/kube-proxy" --config="$STATE/kube-proxy.yaml" --v=1
   wait_for kube-proxy 60 "kube-proxy healthz" curl -fsS http://127.0.0.1:10256/healthz
   wait_for kube-proxy 60 "kube-proxy iptables rules" sh -c 'iptables -S FORWARD | grep -q KUBE-FORWARD'
   guard_first
@@ -532,7 +524,7 @@ our_pids() {
     [[ $p == "$$" || $p == "$BASHPID" ]] && continue
     exe=$(readlink "/proc/$p/exe" 2>/dev/null) || continue
     cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null) || continue
-    if [[ $exe == "$CACHE_ROOT/k8s/bin/"* ]] || [[ $cmd == *"$STATE/containerd.toml"* ]] ||
+    if [[ $exe == "$CACHE_ROOT/gotools/cluster-"* ]] || [[ $cmd == *"$STATE/containerd.toml"* ]] ||
       [[ $cmd == *"containerd-shim"*"$CTR_SOCK"* ]]; then
       echo "$p"
     fi
@@ -606,7 +598,7 @@ cleanup() { # quiet?
   done
   log "down: processes stopped"
   # kube-proxy's own rule cleanup (before our generic pass)
-  [[ -x $BIN_kubernetes/kube-proxy ]] && "$BIN_kubernetes/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  [[ -x $BIN/kube-proxy ]] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
 
   # mounts under our dirs (overlay snapshots, netns, secrets/configmap tmpfs), deepest first
   local m
@@ -664,9 +656,9 @@ cmd_up() {
   mkdir -p "$LOG_DIR"
   log "up: cleaning leftovers of earlier runs"
   cleanup quiet
-  for f in "$LOG_DIR"/*.log; do if [[ -e $f && $f != */build-*.log ]]; then mv -f "$f" "$f.prev"; fi; done
+  for f in "$LOG_DIR"/*.log; do if [[ -e $f ]]; then mv -f "$f" "$f.prev"; fi; done
   ensure_packages
-  build_all
+  build_bins
   build_images
   prepare_host
   write_configs
@@ -678,17 +670,15 @@ cmd_up() {
   start_kubelet
   start_kube_proxy
   start_addons
-  local b; b=0
-  for f in "$CACHE_ROOT"/k8s/bin/*/.build-seconds; do if [[ -f $f ]]; then b=$((b + $(cat "$f"))); fi; done
   log "up: cluster ready in $((SECONDS - T0))s"
   cat >&2 <<EOF
 
   kubeconfig : $KUBECONFIG_PATH      (eval "\$($0 env)")
-  kubectl    : $BIN_kubernetes/kubectl
+  kubectl    : $BIN/kubectl
   node IP    : $NODE_IP  (NodePorts: http://$NODE_IP:<nodePort>; or kubectl port-forward to 127.0.0.1)
   logs       : $LOG_DIR
-  cold build : ${b}s total for the cached binaries (per component: $CACHE_ROOT/k8s/bin/*/.build-seconds)
-  cache disk : $(du -sh "$CACHE_ROOT/k8s" 2>/dev/null | cut -f1) in $CACHE_ROOT/k8s (binaries + images); Go caches $(du -sh "$CACHE_ROOT/go" 2>/dev/null | cut -f1) in $CACHE_ROOT/go (shared with other Go builds)
+  cold build : $(cat "$BIN/.build-seconds")s for the cached binaries in $BIN ($(du -sh "$BIN" | cut -f1))
+  cache disk : $(du -sh "$CACHE_ROOT/k8s" 2>/dev/null | cut -f1) images in $CACHE_ROOT/k8s; Go caches $(du -sh "$CACHE_ROOT/go" 2>/dev/null | cut -f1) in $CACHE_ROOT/go (shared with helm)
 EOF
   kc get nodes -o wide >&2
   echo "$KUBECONFIG_PATH"
@@ -723,7 +713,7 @@ cmd_status() {
 cmd_env() {
   resolve_bins
   echo "export KUBECONFIG=$KUBECONFIG_PATH"
-  echo "export PATH=$BIN_kubernetes:$BIN_etcd:\$PATH"
+  echo "export PATH=$BIN:\$PATH"
   echo "export CONTAINERD_ADDRESS=$CTR_SOCK CONTAINERD_NAMESPACE=k8s.io"
 }
 
@@ -759,7 +749,7 @@ main() {
     status) cmd_status "$@" ;;
     env) cmd_env "$@" ;;
     load-image) cmd_load_image "$@" ;;
-    build) need_root; mkdir -p "$LOG_DIR"; build_all ;;
+    build) build_bins; echo "$BIN" ;;
     busybox-image) cmd_busybox_image "$@" ;;
     logs) cmd_logs "$@" ;;
     -h | --help | help) usage ;;

@@ -6,7 +6,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE="$REPO/ci/images"
-CACHE_ROOT=${CACHE_ROOT:-/var/cache/ml-serving}
+CACHE_ROOT=${MLSERVING_CACHE:-/var/cache/ml-serving}
 IMAGES_CACHE="$CACHE_ROOT/images"
 PIP_CACHE="$CACHE_ROOT/pip"
 LOG_DIR="$IMAGES_CACHE/logs"
@@ -50,7 +50,7 @@ Options:
                    the next build then re-runs every layer, with the pip cache)
   -h, --help       show this help
 
-Environment: CACHE_ROOT (default /var/cache/ml-serving), VENV (default <repo>/.venv).
+Environment: MLSERVING_CACHE (default /var/cache/ml-serving), VENV (default <repo>/.venv).
 Outputs: <out>/ml-serving-<name>.tar, <out>/images.env (image references, for tests and scripts),
 logs in $LOG_DIR/.
 EOF

@@ -12,14 +12,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlserving_common.devcache import cache_dir
+
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ml-serving"
 VALUES = ROOT / "values"
-HELM = Path(os.environ.get("MLSERVING_HELM", "/var/cache/ml-serving/bin/helm"))
-#: Pinned in ci/tools.sh; MLSERVING_HELM/MLSERVING_HELM_VERSION run the suite with another helm (e.g. helm4).
-HELM_VERSION = os.environ.get("MLSERVING_HELM_VERSION", "v3.22.0")
-KUBE_VERSION = "1.34.0"  # the version ci/cluster runs (v1.34.x)
+
+
+def _pinned_tool_versions() -> dict[str, str]:
+    """ci/gotools/versions.env is the one place helm's and the CI cluster's versions are pinned."""
+    pins = {}
+    for line in (ROOT / "ci" / "gotools" / "versions.env").read_text().splitlines():
+        key, sep, value = line.split("#", 1)[0].partition("=")
+        if sep:
+            pins[key.strip()] = value.strip()
+    return pins
+
+
+_PINS = _pinned_tool_versions()
+#: MLSERVING_HELM/MLSERVING_HELM_VERSION run the suite with another helm (e.g. helm4 from ci/tools.sh).
+HELM = Path(os.environ.get("MLSERVING_HELM", str(cache_dir() / "bin" / "helm")))
+HELM_VERSION = os.environ.get("MLSERVING_HELM_VERSION", _PINS["HELM_VERSION"])
+KUBE_VERSION = _PINS["K8S_VERSION"].removeprefix("v")  # the version ci/cluster runs
 RELEASE = "ml-serving"
 NAMESPACE = "ml"
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from mlserving_client.client import Client, Prediction
 from mlserving_client.stats import summarize_ns
+from mlserving_common.devcache import cache_dir
 from pytest_helm_charts.clusters import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,7 @@ SERIES = [310.0, 305.0, 298.0, 301.0, 312.0, 320.0]
 
 
 def helm_binary() -> str:
-    found = shutil.which("helm") or "/var/cache/ml-serving/bin/helm"
+    found = shutil.which("helm") or str(cache_dir() / "bin" / "helm")
     if not Path(found).exists():
         pytest.fail("helm not found: run ci/tools.sh")
     return found

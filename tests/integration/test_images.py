@@ -19,12 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from mlserving_common.devcache import cache_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.images, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "ci" / "images" / "build.sh"
-OUT = Path(os.environ.get("CACHE_ROOT", "/var/cache/ml-serving")) / "images" / "archives"
+OUT = cache_dir() / "images" / "archives"
 SERVER_IMAGE_LIMIT_BYTES = 250_000_000  # issue 7
 SERVER_UID, BROKER_UID = "10001", "1883"
 

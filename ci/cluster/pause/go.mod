@@ -1,3 +1,0 @@
-module example.invalid/ci/pause
-
-go 1.24
