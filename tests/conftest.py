@@ -319,7 +319,11 @@ def server_config(
 
 @pytest.fixture
 def server_process(broker: BrokerHandle, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: server_process(registry=..., tenants=None, name=None, wait=True, **config_overrides)."""
+    """Factory: server_process(registry=..., tenants=None, name=None, wait=True, **config_overrides).
+
+    `registry` is the filesystem registry (the seed with registry_settings={"kind": "broker"});
+    registry_settings adds to the config's `registry` section.
+    """
     started: list[ServerProcess] = []
 
     def start(
@@ -328,11 +332,13 @@ def server_process(broker: BrokerHandle, tmp_path: Path) -> Iterator[Callable[..
         name: str | None = None,
         wait: bool = True,
         env: dict[str, str] | None = None,
+        registry_settings: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> ServerProcess:
         name = name or f"server-{len(started) + 1}"
         http_port = free_port()
         config = server_config(broker, registry, http_port, tenants, **overrides)
+        config["registry"].update(registry_settings or {})
         config_path = tmp_path / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         log_path = tmp_path / f"{name}.log"

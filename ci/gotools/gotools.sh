@@ -85,7 +85,7 @@ build_set() { # set
   log "$set: downloading modules"
   go mod download
   local total; total=$(go list -deps "${pkgs[@]}" | wc -l)
-  local names; names=$(printf '%s\n' "${pkgs[@]}" | sed -E 's#/v[0-9]+$##; s#.*/##' | paste -sd' ')
+  local names; names=$(printf '%s\n' "${pkgs[@]}" | sed -E 's#^go.etcd.io/etcd/server/v3$#etcd#; s#/v[0-9]+$##; s#.*/##' | paste -sd' ')
   log "$set: building $names (up to $total packages; cold: tens of minutes on 2 cores; log $buildlog)"
   go build -v -p "${BUILD_JOBS:-$(nproc)}" -trimpath -tags "$BUILD_TAGS" -ldflags "$(set_ldflags "$set")" \
     -o "$tmp/" "${pkgs[@]}" >"$buildlog" 2>&1 &

@@ -1,8 +1,8 @@
 """Model registries: where published packages live and which version of each model serves.
 
 The layout and rules are documented in docs/model-package.md. `Registry` is the interface
-the trainer, server and CLI program against; `FilesystemRegistry` is the first backend
-(a local directory or a PVC). A broker-backed backend can implement the same Protocol.
+the trainer, server and CLI program against; `FilesystemRegistry` is the backend for a local
+directory or a PVC, `broker_registry.BrokerRegistry` the one for clusters without shared storage.
 
 Filesystem layout::
 
@@ -318,13 +318,20 @@ class FilesystemRegistry:
             raise
 
 
-def open_registry(location: str | Path) -> Registry:
-    """Registry for a location string: a path or file:// URL (other schemes: future backends)."""
+def open_registry(location: str | Path, client_id: str = "") -> Registry:
+    """Registry for a location string: a path or file:// URL, or mqtt[s]:// for the broker-backed one.
+
+    The broker form is documented in broker_registry.BrokerLocation; `client_id` names its MQTT session.
+    """
     text = str(location)
     if "://" in text:
         scheme, _, rest = text.partition("://")
+        if scheme in ("mqtt", "mqtts"):
+            from mlserving_common.broker_registry import open_broker_registry  # imports this module
+
+            return open_broker_registry(text, client_id=client_id)
         if scheme != "file":
-            raise RegistryError(f"registry {text!r}: scheme {scheme!r} is not supported (use a path or file://)")
+            raise RegistryError(f"registry {text!r}: scheme {scheme!r} is not supported (a path, file://, mqtt:// or mqtts://)")
         text = rest
     if not text:
         raise RegistryError("registry location is empty")

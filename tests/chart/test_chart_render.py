@@ -418,3 +418,33 @@ def test_service_monitor_only_when_the_api_exists(render):
     assert render(TWO, sets=sets).of_kind("ServiceMonitor") == []
     monitors = render(TWO, sets=sets, api_versions=["monitoring.coreos.com/v1"]).of_kind("ServiceMonitor")
     assert len(monitors) == 2
+
+
+def test_broker_registry_configs_are_accepted_and_point_at_the_broker(render):
+    """registry.kind=broker: servers read with their own login, trainers publish with theirs, both seeded by /models."""
+    from mlserving_common.broker_registry import BrokerLocation
+    from mlserving_server.config import parse_config
+    from mlserving_training.config import TrainConfig
+
+    rendered = render(COMBOS["prod"], ["registry.kind=broker", "registry.persistence.enabled=false"])
+    assert not rendered.of_kind("PersistentVolumeClaim")
+    servers = trainers = 0
+    for cm in rendered.of_kind("ConfigMap"):
+        if "server.yaml" in cm["data"]:
+            raw = yaml.safe_load(cm["data"]["server.yaml"])
+            raw["broker"]["tls"]["ca_file"] = None  # the CA file exists only in the pod
+            config = parse_config(raw, env={"MLSERVING_BROKER_PASSWORD": "x"})
+            assert (config.registry.kind, config.registry.path) == ("broker", "/models")
+            servers += 1
+        if "trainer.yaml" in cm["data"]:
+            config = TrainConfig().merged(yaml.safe_load(cm["data"]["trainer.yaml"]), source="t").validate()
+            location = BrokerLocation.parse(config.registry)
+            assert (location.username, location.tls, location.seed) == ("ml-trainer", True, "/models")
+            assert location.password_file == "/etc/ml-serving/broker/password"
+            assert location.ca_file and location.ca_file.endswith("/ca.crt")
+            trainers += 1
+    assert (servers, trainers) == (2, 2)
+    for job in rendered.of_kind("CronJob"):
+        spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        mounts = {m["mountPath"] for c in spec["containers"] for m in c["volumeMounts"]}
+        assert "/etc/ml-serving/broker" in mounts and "/models" not in mounts  # the image's baked /models is the seed

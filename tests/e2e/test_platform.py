@@ -242,6 +242,25 @@ def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> N
     assert not outcome.errors, outcome.summary()
 
 
+def test_broker_registry_serves_baked_then_retrained_versions(release: Release) -> None:
+    """registry.kind=broker (no shared volume): baked v1 first, then a retrained version from the broker."""
+    release.helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "registry.kind=broker",
+                 "--set", "registry.persistence.enabled=false", "--wait", "--timeout", "5m")
+    release.wait_rollout("tenant-a")
+    with release.client("tenant-a") as client:
+        baked = wait_until(lambda: client.predict(SERIES, timeout=10).version, 60, 1, "an answer after the switch")
+    assert baked == "v1"  # nothing on the broker yet: the image's packages serve
+    before = {p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"] for p in release.server_pods("tenant-a")}
+    seconds = retrain(release, "lstm", "retrain-lstm-broker")
+    log = release.kubectl("logs", "job/retrain-lstm-broker", "--tail=200")
+    with release.client("tenant-a") as client:
+        wait_until(lambda: client.predict(SERIES, timeout=10).version == "v2", 60, 1, "v2 from the broker registry")
+    after = {p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"] for p in release.server_pods("tenant-a")}
+    figure("broker-registry", train_seconds=round(seconds, 1), baked=baked, served="v2", pods_unchanged=before == after)
+    assert "mqtt://ml-trainer@" in log, log[-2000:]
+    assert before == after, (before, after)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _describe_on_failure(release: Release, request: pytest.FixtureRequest):  # noqa: ANN202
     """After the module, dump the namespace state when something failed (for CI logs)."""

@@ -55,7 +55,9 @@ def test_filesystem_registry_implements_the_protocol(registry: FilesystemRegistr
     assert isinstance(registry, Registry)
     assert isinstance(open_registry(registry.root), FilesystemRegistry)
     assert open_registry(f"file://{registry.root}").root == registry.root
-    with pytest.raises(RegistryError, match="scheme"):
+    with pytest.raises(RegistryError, match="scheme 's3' is not supported"):
+        open_registry("s3://bucket/models")
+    with pytest.raises(RegistryError, match="topic prefix"):  # mqtt:// goes to the broker backend
         open_registry("mqtt://broker:1883")
 
 

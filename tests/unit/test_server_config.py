@@ -108,6 +108,8 @@ def test_env_overrides_deploy_time_settings(tmp_path):
         (lambda r: r.update(share_group="a/b"), "share_group:"),
         (lambda r: r.update(extra=1), "extra: unknown field"),
         (lambda r: r["registry"].update(poll_seconds=0), "registry.poll_seconds:"),
+        (lambda r: r["registry"].update(kind="s3"), "registry.kind: 's3' is not one of"),
+        (lambda r: r["registry"].update(cache_dir=""), "registry.cache_dir:"),
     ],
 )
 def test_validation_errors_name_the_field(mutate, message):

@@ -475,7 +475,13 @@ data: ""
 {{- end }}
 series: {{ default "" $data.series | quote }}
 {{- if eq $root.Values.registry.kind "broker" }}
-registry: {{ printf "mqtt://%s:%s/%s" (include "ml-serving.broker.host" $root) (include "ml-serving.broker.port" $root) $root.Values.topicPrefix | quote }}
+{{- $tls := include "ml-serving.broker.tls" $root }}
+{{- $where := printf "%s@%s:%s/%s" $root.Values.broker.users.trainer.username (include "ml-serving.broker.host" $root) (include "ml-serving.broker.port" $root) $root.Values.topicPrefix }}
+{{- $query := "password_file=/etc/ml-serving/broker/password&seed=/models&cache=/tmp/registry" }}
+{{- if $tls }}{{ $query = printf "%s&ca_file=%s/ca.crt" $query (include "ml-serving.caDir" $root) }}{{ end }}
+# Broker-backed registry (BrokerLocation in common/mlserving_common/broker_registry.py); the image's
+# baked /models seeds it on the first publish.
+registry: {{ printf "%s://%s?%s" (ternary "mqtts" "mqtt" (not (empty $tls))) $where $query | quote }}
 {{- else }}
 registry: /models
 {{- end }}

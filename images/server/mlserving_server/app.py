@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from mlserving_common.logs import event
-from mlserving_common.registry import open_registry
+from mlserving_common.broker_registry import BrokerLocation, BrokerRegistry
+from mlserving_common.registry import FilesystemRegistry, Registry, open_registry
 
 from mlserving_server.config import ServerConfig
 from mlserving_server.http import HttpServer
@@ -31,13 +32,32 @@ log = logging.getLogger("mlserving.app")
 QUIET_SECONDS = 0.25  # no message for this long after unsubscribing = the broker has nothing more for us
 
 
+def open_server_registry(config: ServerConfig, client_id: str) -> Registry:
+    """The registry named by `registry`; the broker kind reuses this server's own broker login."""
+    if config.registry.kind != "broker":
+        return open_registry(config.registry.path)
+    broker = config.broker
+    location = BrokerLocation(
+        host=broker.host,
+        port=broker.port,
+        prefix=config.topic_prefix,
+        username=broker.username,
+        tls=broker.tls.enabled,
+        ca_file=broker.tls.ca_file,
+        cache=config.registry.cache_dir,
+    )
+    seed = FilesystemRegistry(config.registry.path)
+    return BrokerRegistry(location, seed=seed, password=broker.password, client_id=f"{client_id}-registry"[:64]).connect()
+
+
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
+        client_id = f"mlserving-{socket.gethostname()}-{os.getpid()}"[:64]
         self.store = ModelStore(
             config.model_versions(),
-            open_registry(config.registry.path),
+            open_server_registry(config, client_id),
             self.metrics,
             config.batching.max_batch,
             config.registry.poll_seconds,
@@ -46,7 +66,6 @@ class Server:
         )
         self.lifecycle = Lifecycle(config, self.metrics, shadow_runtime=self.store.get, roll_back=self.store.roll_back)
         self.pipeline = Pipeline(config, self.store, self.metrics, self.lifecycle)
-        client_id = f"mlserving-{socket.gethostname()}-{os.getpid()}"[:64]
         self.transport = Transport(config, self.metrics, self.pipeline.admit, client_id=client_id)
         self.pipeline.transport = self.transport
         self.lifecycle.publish = self.transport.publish  # records and lifecycle events

@@ -56,10 +56,18 @@ class BrokerConfig:
     password: str | None = field(default=None, repr=False)
 
 
+REGISTRY_KINDS = ("filesystem", "broker")
+
+
 @dataclass(frozen=True)
 class RegistryConfig:
+    #: filesystem: `path` is the registry. broker: the packages are retained messages on the broker
+    #: this server already uses (common/mlserving_common/broker_registry.py); `path` is then the
+    #: read-only seed (the image's baked packages) and `cache_dir` where fetched packages are unpacked.
+    kind: str = "filesystem"
     path: str = "/models"
     poll_seconds: float = 2.0
+    cache_dir: str = "/var/cache/ml-serving/registry"
 
 
 @dataclass(frozen=True)
@@ -438,6 +446,8 @@ def _validate(config: ServerConfig) -> None:
         (config.qos in (0, 1), f"qos: {config.qos} must be 0 or 1"),
         (config.registry.poll_seconds > 0, f"registry.poll_seconds: {config.registry.poll_seconds} must be > 0"),
         (bool(config.registry.path), "registry.path: must not be empty"),
+        (config.registry.kind in REGISTRY_KINDS, f"registry.kind: {config.registry.kind!r} is not one of {list(REGISTRY_KINDS)}"),
+        (bool(config.registry.cache_dir), "registry.cache_dir: must not be empty"),
         (1 <= config.batching.max_batch <= 4096, f"batching.max_batch: {config.batching.max_batch} must be 1..4096"),
         (
             0 <= config.batching.max_wait_ms <= 1000,
@@ -490,7 +500,7 @@ def summary(config: ServerConfig) -> dict[str, Any]:
             "password": "set" if config.broker.password else "unset",
             "tls": config.broker.tls.enabled,
         },
-        "registry": config.registry.path,
+        "registry": {"kind": config.registry.kind, "path": config.registry.path},
         "http_port": config.http.port,
         "lifecycle": dataclasses.asdict(config.lifecycle),
         "tenants": {
