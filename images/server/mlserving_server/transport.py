@@ -52,7 +52,11 @@ class _FastClient(mqtt.Client):
     - writes: consecutive packets go out in one send(); the wake-up socketpair is written once
       per batch of packets, and never from the network thread itself;
     - the inflight window is refilled from a queue of waiting messages instead of a scan of
-      every outgoing message per PUBACK (O(n^2) under load in stock paho).
+      every outgoing message per PUBACK (O(n^2) under load in stock paho);
+    - at most MAX_OUTSTANDING QoS>0 messages are handed to paho: packet ids are 16 bits, and
+      paho refuses (MQTT_ERR_QUEUE_SIZE, the answer is lost) a publish whose id is still in use,
+      which a flood of requests answered faster than the broker acknowledges reaches. Later ones
+      wait in order in `_overflow` and enter as PUBACKs free ids.
     Each falls back to paho's own code for anything unusual (QoS 2, topic aliases, external
     event loops). Relies on paho 2.2 internals; the version is pinned in pyproject.toml and
     tests/unit/test_server_transport.py checks the codec against paho's.
@@ -61,11 +65,13 @@ class _FastClient(mqtt.Client):
     READ_CHUNK = 65536
     PACKETS_PER_READ = 512
     COALESCE_PACKETS = 256
+    MAX_OUTSTANDING = 60000  # < 65535 packet ids
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rbuf = bytearray()
         self._queued_mids: deque[int] = deque()
+        self._overflow: deque[tuple[tuple[Any, ...], dict[str, Any]]] = deque()
         self._wake_pending = False
         #: Called as handler(topic, payload, response_topic, correlation) for decoded PUBLISHes.
         self.fast_handler: Callable[[str, bytes, str | None, bytes | None], None] | None = None
@@ -86,10 +92,16 @@ class _FastClient(mqtt.Client):
     def publish(self, *args: Any, **kwargs: Any) -> mqtt.MQTTMessageInfo:
         # Same reentrant lock paho holds around _update_inflight, so the two cannot interleave.
         with self._out_message_mutex:
-            info = super().publish(*args, **kwargs)
-            message = self._out_messages.get(info.mid)
-            if message is not None and message.state == _MS_QUEUED:
-                self._queued_mids.append(info.mid)  # waits for an inflight slot
+            if kwargs.get("qos", 0) and (self._overflow or len(self._out_messages) >= self.MAX_OUTSTANDING):
+                self._overflow.append((args, kwargs))
+                return mqtt.MQTTMessageInfo(0)  # accepted; it gets its packet id later
+            return self._publish_now(args, kwargs)
+
+    def _publish_now(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> mqtt.MQTTMessageInfo:
+        info = super().publish(*args, **kwargs)
+        message = self._out_messages.get(info.mid)
+        if message is not None and message.state == _MS_QUEUED:
+            self._queued_mids.append(info.mid)  # waits for an inflight slot
         return info
 
     def _update_inflight(self) -> MQTTErrorCode:
@@ -114,6 +126,13 @@ class _FastClient(mqtt.Client):
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return rc
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _do_on_publish(self, mid: int, reason_code: ReasonCode, properties: Properties) -> MQTTErrorCode:
+        rc = super()._do_on_publish(mid, reason_code, properties)
+        with self._out_message_mutex:  # reentrant: PUBACK handling already holds it
+            while self._overflow and len(self._out_messages) < self.MAX_OUTSTANDING:
+                self._publish_now(*self._overflow.popleft())
+        return rc
 
     # -- writes: fewer syscalls ---------------------------------------------------------------
     def _packet_queue(
