@@ -46,11 +46,16 @@ from mlserving_common.package import (
     NAME_PATTERN,
     VERSION_PATTERN,
     Metadata,
-    PackageError,
-    read_metadata,
     verify_package,
 )
-from mlserving_common.registry import MAX_EVENTS, Registry, RegistryError, version_number
+from mlserving_common.registry import (
+    Registry,
+    RegistryError,
+    next_version,
+    pointer_state,
+    verify_for_publish,
+    version_number,
+)
 
 SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 DEFAULT_CACHE = "/var/cache/ml-serving/registry"
@@ -360,21 +365,14 @@ class BrokerRegistry:
                 raise
         return target
 
-    def show(self, model: str, version: str | None = None) -> Metadata:
-        return read_metadata(self.fetch(model, version))
-
     # -- writers ---------------------------------------------------------------------------
 
     def publish(self, package_dir: Path, promote: bool = False) -> str:
         package_dir = Path(package_dir)
-        try:
-            metadata = verify_package(package_dir)
-        except PackageError as exc:
-            raise RegistryError(f"refusing to publish {package_dir}: {exc}") from None
+        metadata = verify_for_publish(package_dir)
         model = metadata.name
         self._adopt_seed(model)
-        existing = self.versions(model)
-        version = f"v{version_number(existing[-1]) + 1 if existing else 1}"
+        version = next_version(self.versions(model))
         published = replace(metadata, version=version)
         published.validate()
         payload = pack(package_dir, published)
@@ -407,14 +405,7 @@ class BrokerRegistry:
         previous = self._state(model)
         if history is None:
             history = list(previous.get("history", [])) + [version]
-        event = {
-            "action": action,
-            "version": version,
-            "from": previous.get("version"),
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        events = (list(previous.get("events", [])) + [event])[-MAX_EVENTS:]
-        state = {"version": version, "history": history, "events": events}
+        state = pointer_state(previous, version, history, action)
         self._publish_retained(protocol.registry_current_topic(model, self.location.prefix), json.dumps(state).encode())
         with self._lock:
             self._pointers[model] = state

@@ -87,6 +87,31 @@ def version_number(version: str) -> int:
     return int(version[1:])
 
 
+def verify_for_publish(package_dir: Path) -> Metadata:
+    """The package's metadata if it may be published; what every backend checks first."""
+    try:
+        return verify_package(package_dir)
+    except PackageError as exc:
+        raise RegistryError(f"refusing to publish {package_dir}: {exc}") from None
+
+
+def next_version(existing: list[str]) -> str:
+    """The version after the newest of `existing` (sorted oldest first): v1 for none."""
+    return f"v{version_number(existing[-1]) + 1 if existing else 1}"
+
+
+def pointer_state(previous: dict[str, Any], version: str, history: list[str], action: str) -> dict[str, Any]:
+    """The next `current` pointer (current.json, or the broker's retained pointer): one event more."""
+    event = {
+        "action": action,
+        "version": version,
+        "from": previous.get("version"),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    events = (list(previous.get("events", [])) + [event])[-MAX_EVENTS:]
+    return {"version": version, "history": history, "events": events}
+
+
 def _fsync_path(path: Path) -> None:
     """fsync a file or directory so a rename that follows cannot expose unwritten data."""
     fd = os.open(path, os.O_RDONLY)
@@ -191,10 +216,7 @@ class FilesystemRegistry:
 
     def publish(self, package_dir: Path, promote: bool = False) -> str:
         package_dir = Path(package_dir)
-        try:
-            metadata = verify_package(package_dir)
-        except PackageError as exc:
-            raise RegistryError(f"refusing to publish {package_dir}: {exc}") from None
+        metadata = verify_for_publish(package_dir)
         model = metadata.name
         model_dir = self._model_dir(model)
         staging_root = self.root / STAGING_DIR
@@ -206,7 +228,7 @@ class FilesystemRegistry:
             staging = Path(tempfile.mkdtemp(prefix=f"{model}.", dir=staging_root))
             os.chmod(staging, DIR_MODE)  # mkdtemp makes it owner-only
             try:
-                version = self._next_version(model)
+                version = next_version(self.versions(model))
                 published = replace(metadata, version=version)
                 published.validate()
                 _copy_file_durably(package_dir / MODEL_FILE, staging / MODEL_FILE)
@@ -250,10 +272,6 @@ class FilesystemRegistry:
             raise RegistryError(f"model name {model!r} must match {NAME_PATTERN.pattern}")
         return self.root / model
 
-    def _next_version(self, model: str) -> str:
-        existing = self.versions(model)
-        return f"v{version_number(existing[-1]) + 1 if existing else 1}"
-
     @contextlib.contextmanager
     def _locked(self, model: str) -> Iterator[None]:
         model_dir = self._model_dir(model)
@@ -295,14 +313,7 @@ class FilesystemRegistry:
         self, model: str, version: str, history: list[str], previous: dict[str, Any], action: str
     ) -> None:
         model_dir = self._model_dir(model)
-        event = {
-            "action": action,
-            "version": version,
-            "from": previous.get("version"),
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        events = (list(previous.get("events", [])) + [event])[-MAX_EVENTS:]
-        body = json.dumps({"version": version, "history": history, "events": events}, indent=2).encode()
+        body = json.dumps(pointer_state(previous, version, history, action), indent=2).encode()
         fd, tmp_name = tempfile.mkstemp(prefix=f".{CURRENT_FILE}.", dir=model_dir)
         tmp = Path(tmp_name)
         try:
