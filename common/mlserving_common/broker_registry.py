@@ -49,6 +49,7 @@ from mlserving_common.package import (
     verify_package,
 )
 from mlserving_common.registry import (
+    FilesystemRegistry,
     Registry,
     RegistryError,
     next_version,
@@ -438,8 +439,6 @@ def _parse_pointer(payload: bytes) -> dict[str, Any] | str:
 
 def open_broker_registry(location: str, client_id: str = "") -> BrokerRegistry:
     """A connected broker registry for a mqtt[s]:// location, with its seed if the location names one."""
-    from mlserving_common.registry import FilesystemRegistry
-
     parsed = BrokerLocation.parse(location)
     seed = FilesystemRegistry(parsed.seed) if parsed.seed else None
     return BrokerRegistry(parsed, seed=seed, client_id=client_id).connect()

@@ -85,3 +85,12 @@ def values_args(files: Sequence[str], sets: Sequence[str] = ()) -> list[str]:
     return args
 
 
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec inside a Pod, a CronJob or any workload with a pod template."""
+    if doc["kind"] == "Pod":
+        return doc["spec"]
+    if doc["kind"] == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return doc["spec"]["template"]["spec"]

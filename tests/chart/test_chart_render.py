@@ -7,21 +7,13 @@ import base64
 import pytest
 import yaml
 
-from chart_support import COMBOS, NAMESPACE, RELEASE
+from chart_support import COMBOS, NAMESPACE, RELEASE, pod_spec
 
 PREFIX = f"{RELEASE}"  # release name contains the chart name: objects are <release>-<component>
 STANDARD_LABELS = ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",
                    "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of")
 WORKLOADS = ("Deployment", "StatefulSet")
 TWO = COMBOS["two-tenants"]
-
-
-def pod_spec(doc):
-    if doc["kind"] == "Pod":
-        return doc["spec"]
-    if doc["kind"] == "CronJob":
-        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return doc["spec"]["template"]["spec"]
 
 
 def config_of(rendered, tenant):
@@ -445,6 +437,6 @@ def test_broker_registry_configs_are_accepted_and_point_at_the_broker(render):
             trainers += 1
     assert (servers, trainers) == (2, 2)
     for job in rendered.of_kind("CronJob"):
-        spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        spec = pod_spec(job)
         mounts = {m["mountPath"] for c in spec["containers"] for m in c["volumeMounts"]}
         assert "/etc/ml-serving/broker" in mounts and "/models" not in mounts  # the image's baked /models is the seed

@@ -18,7 +18,7 @@ import re
 import pytest
 import yaml
 
-from chart_support import CHART, COMBOS, RELEASE
+from chart_support import CHART, COMBOS, RELEASE, pod_spec
 
 ALL_APIS = ("monitoring.coreos.com/v1", "keda.sh/v1alpha1")
 #: Option sets that add or change pods, on top of every example combination.
@@ -33,14 +33,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 PROD_RETRAINING_FROM_PVC = ("retraining.models.lstm.data.source=pvc", "retraining.models.lstm.data.claimName=bts-data",
                             "retraining.models.lstm.data.path=bts.csv")
 POD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
-
-
-def pod_spec(doc):
-    if doc["kind"] == "Pod":
-        return doc["spec"]
-    if doc["kind"] == "CronJob":
-        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return doc["spec"]["template"]["spec"]
 
 
 def renders(render):

@@ -27,7 +27,7 @@ from mlserving_common.package import (
     write_package,
 )
 from mlserving_common.logs import event
-from mlserving_common.registry import open_registry
+from mlserving_common.registry import Registry, open_registry
 from mlserving_training import data as data_mod
 from mlserving_training.cleaning import CleaningReport, clean_series
 from mlserving_training.config import TrainConfig
@@ -253,8 +253,11 @@ def evaluate_package(
     return result
 
 
-def publish(package_dir: Path, registry_location: str, promote: bool = False, emit: Emit = print) -> str:
-    registry = open_registry(registry_location)
+def publish(
+    package_dir: Path, registry_location: str, promote: bool = False, emit: Emit = print, registry: Registry | None = None
+) -> str:
+    """`registry`: the one already opened for `registry_location` (a broker registry is a connection)."""
+    registry = registry or open_registry(registry_location)
     version = registry.publish(Path(package_dir), promote=promote)
     name = read_metadata(Path(package_dir)).name
     event(log, "package_published", model=name, version=version, registry=str(registry_location), promoted=promote)

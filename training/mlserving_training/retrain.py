@@ -131,7 +131,7 @@ def run_retrain(config: TrainConfig, emit: Emit = print) -> RetrainOutcome:
         emit(f"retrain {name}: candidate refused; {serving_version or 'nothing'} keeps serving; nothing published")
         return RetrainOutcome("refused", decision, result=result, reason=decision.reason)
 
-    version = publish(result.package_dir, config.registry, config.promote, emit)
+    version = publish(result.package_dir, config.registry, config.promote, emit, registry=registry)
     action = "promoted" if config.promote else "published"
     event(log, "retrain decision", action=action, version=version, promoted=config.promote, **common)
     if not config.promote:
