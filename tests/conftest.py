@@ -97,8 +97,8 @@ class BrokerHandle:
 def make_broker_users(topics: dict[str, tuple[str, str]], prefix: str = protocol.DEFAULT_PREFIX) -> list[BrokerUser]:
     """Users for the given tenants plus `server` and `trainer`, with random passwords."""
     users = [BrokerUser(t, uuid.uuid4().hex, tenant_acl(*topics[t])) for t in topics]
-    users.append(BrokerUser("server", uuid.uuid4().hex, server_acl(topics.values(), prefix=prefix)))
-    users.append(BrokerUser("trainer", uuid.uuid4().hex, trainer_acl(prefix)))
+    users.append(BrokerUser("server", uuid.uuid4().hex, server_acl(topics.values(), prefix=prefix), service=True))
+    users.append(BrokerUser("trainer", uuid.uuid4().hex, trainer_acl(prefix), service=True))
     return users
 
 
@@ -378,7 +378,10 @@ class Answer:
 class MqttTestClient:
     """A tenant-side MQTT v5 client that records every answer by request id."""
 
-    def __init__(self, broker: BrokerHandle, username: str, tenant: str | None = None) -> None:
+    def __init__(
+        self, broker: BrokerHandle, username: str, tenant: str | None = None, client_id: str | None = None
+    ) -> None:
+        """`client_id`: default an unguessable id owned by `username` (the broker refuses others)."""
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -391,7 +394,8 @@ class MqttTestClient:
         self.connected = threading.Event()
         self.sub_results: dict[int, list[int]] = {}
         self.pub_results: dict[int, int] = {}
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+        self.client_id = client_id or protocol.owned_client_id(username)
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         self._client.username_pw_set(*broker.credentials(username))
         # 0 = no client-side inflight window: stock paho rescans all outgoing messages on every
         # PUBACK when a window is set, which made this test client slower than the server.

@@ -24,7 +24,7 @@ class Plan:
     latency_seconds: float = 8.0
     #: Each batched-request run.
     batched_seconds: float = 6.0
-    #: Sending time of the flood at `flood_factor` x saturation.
+    #: Sending time of each flood at `flood_factors` x saturation.
     flood_seconds: float = 6.0
     #: Time budget per (model, batch size) of the raw model sweep.
     sweep_seconds: float = 0.25
@@ -34,7 +34,9 @@ class Plan:
     batched_concurrency: int = 16
     batched_sizes: tuple[int, ...] = (64, 256)
     latency_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
-    flood_factor: float = 2.0
+    #: Open-loop floods, in turns: 2x (issue 7) and 4x, the load the server's memory bound is
+    #: checked at (issue 13: peak RSS under 60 % of the chart's container limit).
+    flood_factors: tuple[float, ...] = (2.0, 4.0)
     #: How long to wait for outstanding answers after a load stops; what is missing then is lost.
     grace_seconds: float = 10.0
     #: Flood answers queue up behind the backlog: allow more time before calling anything lost.

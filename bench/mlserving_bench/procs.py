@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+import threading
 from pathlib import Path
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -132,6 +133,37 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Ch
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
     return Child(name, proc, log_path, started=started)
+
+
+class RssPeak:
+    """Highest VmRSS of a process between start() and stop(), sampled every `interval` s.
+
+    VmHWM is the peak over the whole life of the process; this is the peak of one step.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-peak", daemon=True)
+
+    def start(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak_mb
+
+    def _run(self) -> None:
+        while True:
+            rss = rss_mb(self.pid)
+            if rss is not None and (self.peak_mb is None or rss > self.peak_mb):
+                self.peak_mb = rss
+            if self._stop.wait(self.interval):
+                return
 
 
 class CpuMeter:

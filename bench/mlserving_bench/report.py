@@ -109,6 +109,14 @@ def latency_at(results: dict[str, Any], fraction: float) -> dict[str, Any] | Non
     return None
 
 
+def flood_at(results: dict[str, Any], factor: float) -> dict[str, Any] | None:
+    """The flood entry run at `factor` x saturation (results["floods"]), if any."""
+    for entry in results.get("floods") or []:
+        if abs(entry.get("factor", -1) - factor) < 1e-9:
+            return entry
+    return None
+
+
 def best_batched(results: dict[str, Any]) -> dict[str, Any] | None:
     entries = [e for e in results.get("batched") or [] if _get(e, "load", "forecasts_per_second") is not None]
     return max(entries, key=lambda e: e["load"]["forecasts_per_second"], default=None)
@@ -172,6 +180,11 @@ def targets(results: dict[str, Any]) -> list[Target]:
         replicas_goal += f"; {cores} cores < {CORES_FOR_REPLICAS} needed"
     flood = _get(results, "flood", "load")
     lost = None if flood is None else flood.get("lost")
+    flood4 = flood_at(results, 4.0)
+    lost4 = _get(flood4 or {}, "load", "lost")
+    peak4 = _get(flood4 or {}, "rss_peak_mb")
+    limit4 = _get(flood4 or {}, "limit_mb")
+    share4 = None if peak4 is None or not limit4 else 100.0 * peak4 / limit4
     startup = _get(results, "footprint", "startup_seconds", 0)
     rss = _get(results, "footprint", "rss_mb")
     image = _get(results, "footprint", "image_mb")
@@ -183,6 +196,10 @@ def targets(results: dict[str, Any]) -> list[Target]:
         Target("2 replicas / 1", replicas_goal, replicas, fmt_ratio(replicas), replicas_verdict),
         Target("flood at 2× saturation: lost silently", "0", lost, NA if lost is None else str(lost),
                verdict(lost, 0, higher_is_better=False)),
+        Target("flood at 4× saturation: lost silently", "0", lost4, NA if lost4 is None else str(lost4),
+               verdict(lost4, 0, higher_is_better=False)),
+        Target("server peak RSS in the 4× flood, % of chart limit", "< 60 %", share4,
+               NA if share4 is None else f"{share4:.0f} %", verdict(share4, 60.0, higher_is_better=False)),
         Target("start to ready", "≤ 2 s", startup, fmt_seconds(startup), verdict(startup, 2.0, higher_is_better=False)),
         Target("server RSS after load", "≤ 150 MB", rss, fmt_mb(rss), verdict(rss, 150.0, higher_is_better=False)),
         Target("server image", "≤ 250 MB", image, fmt_mb(image), verdict(image, 250.0, higher_is_better=False)),
@@ -263,15 +280,19 @@ def rows(results: dict[str, Any]) -> list[Row]:
                    _join(_cpu_note(results.get("naive")), _rounds_note(results, "naive"))))
     out.append(Row("6 naive", "naive CPU per request", fmt_us(cpu_cost(results, "naive"))))
 
-    flood = _get(results, "flood", "load")
-    if flood:
+    floods = results.get("floods") or ([{"factor": 2.0, **results["flood"]}] if results.get("flood") else [])
+    for entry in floods:
+        flood = entry.get("load") or {}
         rejected = ", ".join(f"{k} {v}" for k, v in sorted((flood.get("errors") or {}).items())) or "0"
-        out.append(Row("7 flood", f"2× saturation ({flood.get('target_rate') or 0:,.0f}/s target, "
-                       f"{flood.get('offered_rate') or 0:,.0f}/s sent)",
+        peak, limit = entry.get("rss_peak_mb"), entry.get("limit_mb")
+        memory = (f"server peak RSS {peak:.0f} MiB = {100.0 * peak / limit:.0f} % of the chart's {limit:.0f} MiB limit"
+                  if peak is not None and limit else "")
+        out.append(Row("7 flood", f"{entry.get('factor', 2.0):g}× saturation ({flood.get('target_rate') or 0:,.0f}/s "
+                       f"target, {flood.get('offered_rate') or 0:,.0f}/s sent)",
                        f"sent {flood.get('sent')}: answered {flood.get('answered')}, rejected {rejected}, "
-                       f"lost {flood.get('lost')}"))
-    else:
-        out.append(Row("7 flood", "2× saturation", NA))
+                       f"lost {flood.get('lost')}", memory))
+    if not floods:
+        out.append(Row("7 flood", "2× and 4× saturation", NA))
 
     footprint = results.get("footprint") or {}
     starts = footprint.get("startup_seconds") or []

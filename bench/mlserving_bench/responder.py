@@ -44,7 +44,7 @@ def serve(args: argparse.Namespace, handler: Handler, name: str) -> int:
     """Connect, subscribe, answer until SIGTERM/SIGINT."""
     stop = threading.Event()
     subscribed = threading.Event()
-    client = transport.make_client(transport.new_client_id(name), args.username, os.environ.get(PASSWORD_ENV))
+    client = transport.make_client(transport.new_client_id(args.username, name), args.username, os.environ.get(PASSWORD_ENV))
     qos = args.qos
     shared = protocol.shared_subscription(args.topic, args.share_group)
 

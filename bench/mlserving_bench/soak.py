@@ -124,7 +124,7 @@ class Soak:
         self.window = windows.pop()
         topics = {tenant: tenant_topics(tenant) for tenant in TENANTS}
         self.users = {t: BrokerUser(t, uuid.uuid4().hex, tenant_acl(*topics[t])) for t in TENANTS}
-        self.users[SERVER_USER] = BrokerUser(SERVER_USER, uuid.uuid4().hex, server_acl(topics.values()))
+        self.users[SERVER_USER] = BrokerUser(SERVER_USER, uuid.uuid4().hex, server_acl(topics.values()), service=True)
         self.broker = LocalBroker(self.users.values(), workdir=workdir / "mosquitto")
         self.server: procs.Child | None = None
         self.promotions = 0

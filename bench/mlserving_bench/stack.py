@@ -69,7 +69,7 @@ class Stack:
         self.server_options = dict(server_options or {})
         self.topics = {tenant: tenant_topics(tenant) for tenant in TENANTS}
         self.users = {tenant: BrokerUser(tenant, uuid.uuid4().hex, tenant_acl(*self.topics[tenant])) for tenant in TENANTS}
-        self.users[SERVER_USER] = BrokerUser(SERVER_USER, uuid.uuid4().hex, server_acl(self.topics.values()))
+        self.users[SERVER_USER] = BrokerUser(SERVER_USER, uuid.uuid4().hex, server_acl(self.topics.values()), service=True)
         self.broker = LocalBroker(self.users.values(), workdir=self.workdir / "mosquitto")
         self.broker_pid: int | None = None
         self.children: list[procs.Child] = []

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", help="tenant (env MLSERVING_CLIENT_TENANT)")
     p.add_argument("--model", help="model name (default: the tenant's default model)")
     p.add_argument("--series-id", help="series id passed to the server")
+    p.add_argument("--time", type=float, help="unix seconds of the series' last reading (models with calendar inputs need it; single series only)")
+    p.add_argument("--horizon", type=_positive_int, help="forecast steps wanted from a day-ahead model")
     _retry_args(p)
     _topic_args(p)
 
@@ -199,7 +201,8 @@ def _series_args(args: argparse.Namespace) -> tuple[list[float] | None, list[lis
 def cmd_predict(args: argparse.Namespace) -> int:
     series, instances = _series_args(args)
     with _client(args) as client:
-        future = client.submit(series, instances=instances, model=args.model, series_id=args.series_id)
+        future = client.submit(series, instances=instances, model=args.model, series_id=args.series_id,
+                               horizon=args.horizon, time_s=args.time)
         try:
             answer = future.result()
         except PredictionError as exc:

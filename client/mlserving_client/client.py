@@ -77,6 +77,11 @@ class Prediction:
         """The forecast of a single-series request."""
         return self.values[0]
 
+    @property
+    def steps(self) -> list[Any] | None:
+        """With `horizon`: the forecast steps (a list; one list per instance when batched), else None."""
+        return self.raw.get("forecasts" if self.batched else "forecast")
+
 
 @dataclass
 class ClientStats:
@@ -141,7 +146,7 @@ class Client:
             raise ValueError(f"backoff: {backoff!r} must be >= 0")
         transport.check_topic_level(tenant, "tenant")
         self.tenant = tenant
-        self.client_id = client_id or transport.new_client_id()
+        self.client_id = client_id or transport.new_client_id(username)
         transport.check_topic_level(self.client_id, "client_id")
         self.qos = qos
         self.timeout = timeout
@@ -191,8 +196,14 @@ class Client:
         timeout: float | None = None,
         attempts: int | None = None,
         request_id: str | None = None,
+        horizon: int | None = None,
+        time_s: float | None = None,
+        times_s: Sequence[float] | None = None,
     ) -> Future[Prediction]:
-        """Send one request and return a future for its Prediction (or its exception)."""
+        """Send one request and return a future for its Prediction (or its exception).
+
+        `time_s` (series) / `times_s` (instances): unix seconds of the last reading, which calendar
+        models need; `horizon`: forecast steps wanted from a day-ahead model (Prediction.steps)."""
         rid = request_id or uuid.uuid4().hex
         payload = protocol.encode_request(
             list(series) if series is not None else None,
@@ -200,6 +211,9 @@ class Client:
             instances=[list(s) for s in instances] if instances is not None else None,
             model=model,
             series_id=series_id,
+            horizon=horizon,
+            time=time_s,
+            times=list(times_s) if times_s is not None else None,
         )
         pending = _Pending(
             request_id=rid,
@@ -223,9 +237,10 @@ class Client:
         return pending.future
 
     def predict(self, series: Sequence[float], timeout: float | None = None, model: str | None = None,
-                series_id: str | None = None) -> Prediction:
+                series_id: str | None = None, horizon: int | None = None, time_s: float | None = None) -> Prediction:
         """Forecast one series (raw readings, oldest first); blocks until answered or failed."""
-        return self._wait(self.submit(series, model=model, series_id=series_id, timeout=timeout), timeout)
+        return self._wait(self.submit(series, model=model, series_id=series_id, timeout=timeout,
+                                      horizon=horizon, time_s=time_s), timeout)
 
     def predict_batch(self, instances: Sequence[Sequence[float]], timeout: float | None = None,
                       model: str | None = None) -> list[Any]:

@@ -34,6 +34,15 @@ from mlserving_client.stats import LatencyRecorder
 
 TENANTS = {"tenant-a": "lstm", "tenant-b": "ann"}
 WINDOW = 6
+#: Days of hourly data: enough for a linear AR over a week of lags to fit (60 days is not).
+DAYS = 120
+#: The demo's data is hourly: a window of a week + 1 readings holds both weekly lags.
+WEEK_WINDOW = 7 * 24 + 1
+#: Tries per model before falling back to the linear AR baseline; epochs grow by EPOCH_GROWTH each.
+ATTEMPTS = 2
+EPOCH_GROWTH = 3
+#: `mlserving-train publish --promote` exit code when the quality gate refuses.
+GATE_REFUSED = 3
 CHUNK = 40  # replay steps between checks of the stop flag
 PLOT_STEPS = 300
 
@@ -44,6 +53,7 @@ class TenantRun:
 
     tenant: str
     series: Series
+    window: int = WINDOW
     steps: list[ReplayStep] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     latency: LatencyRecorder = field(default_factory=LatencyRecorder)
@@ -69,15 +79,17 @@ def say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_cli(args: list[str], label: str) -> None:
-    """Run one of our CLIs, prefixing its progress lines so the demo's output stays readable."""
+def run_cli(args: list[str], label: str, ok: tuple[int, ...] = (0,)) -> int:
+    """Run one of our CLIs, prefixing its progress lines so the demo's output stays readable;
+    an exit code outside `ok` is a failure, the others are returned (3 = refused by the gate)."""
     say(f"$ {' '.join(args)}")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         print(f"    {label} | {line.rstrip()}", flush=True)
-    if proc.wait() != 0:
+    if proc.wait() not in ok:
         raise RuntimeError(f"{args[0]} {args[1]} failed with exit code {proc.returncode}")
+    return proc.returncode
 
 
 def tool(name: str) -> str:
@@ -86,13 +98,41 @@ def tool(name: str) -> str:
     return str(beside) if beside.exists() else (shutil.which(name) or name)
 
 
-def train_and_publish(workdir: Path, data: Path, model: str, epochs: int, series: str) -> None:
-    package = workdir / f"pkg-{model}-{time.time_ns()}"
-    run_cli([tool("mlserving-train"), "train", "--data", str(data), "--model", model, "--series", series,
-             "--epochs", str(epochs), "--out", str(package), "--plot", str(workdir / f"train-{model}-forecast.png")],
-            f"train {model}")
-    run_cli([tool("mlserving-train"), "publish", str(package), "--registry", str(workdir / "registry"), "--promote"],
-            f"publish {model}")
+def try_candidate(workdir: Path, data: Path, name: str, kind: str, epochs: int, series: str, window: int) -> bool:
+    """Train one candidate and `publish --promote` it: True if the quality gate let it serve."""
+    package = workdir / f"pkg-{name}-{time.time_ns()}"
+    run_cli([tool("mlserving-train"), "train", "--data", str(data), "--model", kind, "--name", name, "--series", series,
+             "--window", str(window), "--epochs", str(epochs), "--out", str(package),
+             "--plot", str(workdir / f"train-{name}-forecast.png")], f"train {name}")
+    code = run_cli([tool("mlserving-train"), "publish", str(package), "--registry", str(workdir / "registry"),
+                    "--promote"], f"publish {name}", ok=(0, GATE_REFUSED))
+    return code == 0
+
+
+def train_and_publish(
+    workdir: Path, data: Path, model: str, epochs: int, series: str, windows: Sequence[int], kind: str = ""
+) -> tuple[str, int]:
+    """Serve `model` only if it beats every baseline: train it (then longer); if it still loses, say
+    so and serve the linear AR baseline package under its name instead. Returns (kind, window) served.
+
+    `windows`: the input windows the tenant's client may use, first choice first (the linear
+    fallback may need a week of lags to beat the weekly AR). `kind`: "linear" retrains the linear
+    AR that already serves (a retraining keeps the serving kind). Raises if nothing passes.
+    """
+    for attempt in range(1, ATTEMPTS + 1 if kind != "linear" else 1):
+        attempt_epochs = epochs * EPOCH_GROWTH ** (attempt - 1)
+        if try_candidate(workdir, data, model, model, attempt_epochs, series, windows[0]):
+            say(f"{model} ({attempt_epochs} epochs) passed the quality gate and is serving")
+            return model, windows[0]
+        say(f"{model} ({attempt_epochs} epochs) lost to a baseline (gate line above): not served")
+    if kind != "linear":
+        say(f"{model} does not beat every baseline on {series} after {ATTEMPTS} tries; serving the best baseline"
+            f" instead: the linear AR (package kind linear) under the name {model}")
+    for window in windows:
+        if try_candidate(workdir, data, model, "linear", 1, series, window):
+            say(f"{model}: the linear AR over {window} readings passed the quality gate and is serving")
+            return "linear", window
+    raise RuntimeError(f"{model}: no candidate beats every baseline on {series}; nothing is served")
 
 
 def write_server_config(workdir: Path, broker: LocalBroker, index: int) -> tuple[Path, int]:
@@ -145,7 +185,7 @@ def replay_until(client: Client, run: TenantRun, rate: float, stop: threading.Ev
     values, times = run.series.values, run.series.times
     start = 0
     while not stop.is_set():
-        end = min(start + CHUNK + WINDOW, len(values))
+        end = min(start + CHUNK + run.window, len(values))
         chunk = Series(run.series.label, times[start:end], values[start:end])
 
         def on_step(step: ReplayStep) -> None:
@@ -158,9 +198,9 @@ def replay_until(client: Client, run: TenantRun, rate: float, stop: threading.Ev
                 print(f"  {run.tenant:8} {step.time}  actual {step.actual:9.2f}  forecast {forecast}"
                       f"  running MAE {step.mae or 0:7.2f}  {step.version}", flush=True)
 
-        summary = replay(client, chunk, WINDOW, rate=rate, on_step=on_step, timeout=2.0)
+        summary = replay(client, chunk, run.window, rate=rate, on_step=on_step, timeout=2.0)
         run.latency.extend(summary.latency)
-        start = 0 if end >= len(values) else end - WINDOW
+        start = 0 if end >= len(values) else end - run.window
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,15 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"working in {workdir}")
 
         data = workdir / "bts.csv"
-        run_cli([tool("mlserving-train"), "generate", "--stations", "2", "--days", "60", "--seed", "7",
+        run_cli([tool("mlserving-train"), "generate", "--stations", "2", "--days", str(DAYS), "--seed", "7",
                  "--out", str(data)], "generate")
         stations = {tenant: read_series(data, f"BTS{i + 1:03d}") for i, tenant in enumerate(TENANTS)}
-        for tenant, model in TENANTS.items():
-            train_and_publish(workdir, data, model, args.epochs, stations[tenant].label)
+        served = {
+            tenant: train_and_publish(workdir, data, model, args.epochs, stations[tenant].label, (WINDOW, WEEK_WINDOW))
+            for tenant, model in TENANTS.items()
+        }
 
         passwords = {name: secrets.token_urlsafe(12) for name in [*TENANTS, "ml-server"]}
         users = [BrokerUser(t, passwords[t], tenant_acl(*tenant_topics(t))) for t in TENANTS]
-        users.append(BrokerUser("ml-server", passwords["ml-server"], server_acl([tenant_topics(t) for t in TENANTS])))
+        users.append(BrokerUser("ml-server", passwords["ml-server"], server_acl([tenant_topics(t) for t in TENANTS]), service=True))
         broker = stack.enter_context(LocalBroker(users, workdir=workdir / "broker"))
         (workdir / "server-password").write_text(passwords["ml-server"])
         say(f"mosquitto on {broker.host}:{broker.port}: passwords required, per-tenant ACLs "
@@ -199,8 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for index in (1, 2):
             stack.enter_context(server_process(workdir, broker, index))
 
-        runs = {tenant: TenantRun(tenant, stations[tenant]) for tenant in TENANTS}
+        runs = {tenant: TenantRun(tenant, stations[tenant], served[tenant][1]) for tenant in TENANTS}
         stop = threading.Event()
+        v2_refused = ""
         threads = []
         for tenant in TENANTS:
             client = stack.enter_context(Client(broker.host, broker.port, tenant, passwords[tenant], tenant,
@@ -213,8 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             time.sleep(args.before)
             say("retraining lstm as v2 while traffic flows")
-            train_and_publish(workdir, data, "lstm", args.v2_epochs, stations["tenant-a"].label)
-            say("lstm v2 promoted: servers load, verify and warm it up off the hot path, then swap")
+            # Same window as v1: tenant-a's client keeps sending what it sends.
+            try:
+                train_and_publish(workdir, data, "lstm", args.v2_epochs, stations["tenant-a"].label,
+                                  (served["tenant-a"][1],), kind=served["tenant-a"][0])
+                say("lstm v2 promoted: servers load, verify and warm it up off the hot path, then swap")
+            except RuntimeError as exc:
+                v2_refused = str(exc)
+                say(f"no lstm v2: {exc}; v1 keeps serving (the gate refused every candidate)")
             time.sleep(args.after)
         finally:
             stop.set()
@@ -243,8 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         switched = "lstm:v2" in runs["tenant-a"].versions_seen()
         print(f"tenant-a: {runs['tenant-a'].mixed_answers('lstm:v1', 'lstm:v2')} v1 answer(s) after the first v2 one"
               " (the two replicas swap independently, each within its 1 s registry poll)")
-        print(f"result: {'OK' if lost == 0 and switched else 'FAILED'} (lost {lost}, tenant-a switched to v2: {switched})")
-        return 0 if lost == 0 and switched else 1
+        ok = lost == 0 and (switched or bool(v2_refused))
+        refused = f"; v2 refused by the gate: {v2_refused}" if v2_refused else ""
+        print(f"result: {'OK' if ok else 'FAILED'} (lost {lost}, tenant-a switched to v2: {switched}{refused})")
+        return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -375,7 +375,7 @@ class _Lane:
                  on_reply: Callable[[_Lane, bytes], None] | None) -> None:
         self.target = target
         self.qos = spec.qos
-        self.client_id = transport.new_client_id("mll")
+        self.client_id = transport.new_client_id(target.username, "mll")
         self.tag = self.client_id.rsplit("-", 1)[1].encode() + b"-"
         self.request_topic = target.request_topic or protocol.request_topic(target.tenant, spec.prefix)
         base = target.response_topic or protocol.response_topic(target.tenant, spec.prefix)

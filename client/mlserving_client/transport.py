@@ -16,13 +16,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 
+from mlserving_common import protocol
+
 #: Receive Maximum we announce, so the broker may keep many QoS 1 answers in flight to us.
 RECEIVE_MAXIMUM = 65535
 
 
-def new_client_id(prefix: str = "mlc") -> str:
-    """A client id that is also a valid single topic level (no '/', '+', '#')."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+def new_client_id(username: str | None, kind: str = "mlc") -> str:
+    """An unguessable client id owned by `username` (`<username>:<kind>-<16 hex>`), the only kind
+    the broker plugin accepts for that login; also a valid single topic level (no '/', '+', '#')."""
+    return protocol.owned_client_id(username or kind, f"{kind}-{uuid.uuid4().hex[:16]}")
 
 
 def check_topic_level(value: str, field: str) -> None:

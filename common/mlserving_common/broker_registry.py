@@ -171,7 +171,7 @@ class BrokerRegistry:
         self._sync_seen: set[str] = set()
         self._pubacks: dict[int, ReasonCode] = {}
         self._synced = False
-        self._client = self._make_client(client_id or f"mlserving-registry-{uuid.uuid4().hex[:12]}", password)
+        self._client = self._make_client(client_id or protocol.owned_client_id(location.username or "mlserving"), password)
 
     def __repr__(self) -> str:
         loc = self.location

@@ -4,11 +4,15 @@ Production brokers are configured by the Helm chart; this module renders the sam
 broker on loopback so that everything we test runs against real authentication and ACLs.
 Defaults follow the lessons recorded in issues 3 and 7: `set_tcp_nodelay` (QoS 1 collapses to
 ~1,000 msg/s under Nagle) and a large `max_queued_messages` (the default of 1000 silently
-drops messages, even QoS 0 ones, for a consumer that falls behind).
+drops messages, even QoS 0 ones, for a consumer that falls behind); and of issue 13: our broker
+plugin (images/mosquitto/plugin: client ids owned by usernames, SUBSCRIBEs checked against the
+ACL, refusals logged) and per-session memory bounds (DEFAULT_LIMITS, docs/security.md).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import pwd
 import shutil
@@ -22,29 +26,101 @@ from pathlib import Path
 from typing import Any
 
 from mlserving_common import protocol
+from mlserving_common.devcache import cache_dir
 
 MOSQUITTO = os.environ.get("MLSERVING_MOSQUITTO", "/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = os.environ.get("MLSERVING_MOSQUITTO_PASSWD", "/usr/bin/mosquitto_passwd")
+#: Source of our broker plugin (client ids owned by usernames, subscribe ACLs, refusal logs).
+PLUGIN_SOURCE_DIR = Path(__file__).resolve().parents[2] / "images" / "mosquitto" / "plugin"
+PLUGIN_NAME = "mlserving_auth.so"
 
-#: Broker limits rendered into the config; any of them can be overridden via LocalBroker(**limits).
-DEFAULT_LIMITS: dict[str, int] = {
+#: The server's default limits.max_payload_bytes; the broker's packet limits sit just above it.
+SERVER_MAX_PAYLOAD = 256 * 1024
+
+#: Broker limits rendered into the config (the chart renders the same from broker.config); any
+#: of them can be overridden via LocalBroker(**limits). They bound what one session can make the
+#: broker hold, whatever the load offered; the arithmetic is in docs/security.md ("Broker memory").
+DEFAULT_LIMITS: dict[str, int | str] = {
+    # A whole MQTT packet (payload, topic, properties such as Correlation Data): a client that
+    # sends more is disconnected before the broker buffers it.
+    "max_packet_size": SERVER_MAX_PAYLOAD + 8 * 1024,
+    # A payload over this is refused with PUBACK 0x95 (packet too large). Above the server's
+    # max_payload_bytes, so a request a little too big gets the server's payload_too_large answer.
+    "message_size_limit": SERVER_MAX_PAYLOAD + 4 * 1024,
+    # Per session: QoS 1 messages queued beyond those in flight, and their payload bytes. The
+    # count stays large (a flood's backlog waits here for the servers, which leave requests
+    # unacknowledged while busy: docs/server.md); the bytes bound the memory.
     "max_queued_messages": 100_000,
-    "max_queued_bytes": 0,  # 0 = no byte limit; the message count bounds the queue
-    "max_inflight_messages": 1000,
-    # Above the server's own max_payload_bytes so oversize requests reach the server and get an
-    # error answer instead of vanishing at the broker.
-    "message_size_limit": 2 * 1024 * 1024,
+    "max_queued_bytes": 32 * 1024 * 1024,
+    # Per session: QoS 1 messages (and their payload bytes) sent but not yet acknowledged.
+    "max_inflight_messages": 100,
+    "max_inflight_bytes": 2 * 1024 * 1024,
     "max_keepalive": 300,
+    # Sessions of clients gone this long are dropped with their queues.
+    "persistent_client_expiration": "1h",
+    # Deliver at the subscription's QoS: a QoS 0 flood to a QoS 1 subscriber (the servers) is then
+    # flow-controlled and queued within the byte limits above; at QoS 0 Mosquitto bounds a slow
+    # subscriber's unsent packets by count only (max_queued_messages x max_packet_size).
+    "upgrade_outgoing_qos": "true",
+}
+
+
+def plugin_source_hash() -> str:
+    """Key of the compiled plugin in the cache; ci/bootstrap.sh computes the same
+    (`cat mlserving_auth.c Makefile | sha256sum | cut -c1-12`)."""
+    digest = hashlib.sha256()
+    for name in ("mlserving_auth.c", "Makefile"):
+        digest.update((PLUGIN_SOURCE_DIR / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def auth_plugin() -> Path:
+    """Path of mlserving_auth.so: $MLSERVING_MOSQUITTO_PLUGIN, else the build of the current
+    source in the cache, compiled here (gcc + mosquitto-dev, installed by ci/bootstrap.sh) if a
+    source change made it missing. Without it a local broker would not enforce what the chart's does."""
+    override = os.environ.get("MLSERVING_MOSQUITTO_PLUGIN")
+    if override:
+        return Path(override)
+    target = cache_dir() / "mosquitto-plugin" / plugin_source_hash() / PLUGIN_NAME
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test runs build it once
+        if not target.exists():
+            partial = target.with_suffix(".so.tmp")
+            result = subprocess.run(
+                ["make", "-s", "-C", str(PLUGIN_SOURCE_DIR), f"OUT={partial}"], capture_output=True, text=True
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"building the broker plugin failed (run ci/bootstrap.sh):\n{result.stderr}")
+            partial.rename(target)
+    return target
+
+
+#: Options of our broker plugin (images/mosquitto/plugin/mlserving_auth.c), as the chart renders
+#: them; publish_rate and publish_bytes_rate (per tenant username, 0 = unlimited) can be set per
+#: broker. rate_exempt is rendered from the users marked `service`.
+DEFAULT_PLUGIN_OPTIONS: dict[str, Any] = {
+    "log_per_second": 20,
+    # Correlation Data, Response Topic and User Properties of a tenant's PUBLISH: Mosquitto's
+    # max_queued_bytes counts payload only, so this bounds the rest of a queued message. The
+    # server echoes at most 256 bytes of Correlation Data (limits.max_correlation_bytes).
+    "max_properties_bytes": 512,
 }
 
 
 @dataclass(frozen=True)
 class BrokerUser:
-    """One broker account: its password and its ACL lines (`topic read|write|readwrite <filter>`)."""
+    """One broker account: its password and its ACL lines (`topic read|write|readwrite <filter>`).
+
+    `service`: the serving pods' or the trainer's account, exempt from the per-tenant publish
+    budget and property bound of the broker plugin (the chart's `plugin_opt_rate_exempt`)."""
 
     username: str
     password: str
     acl: list[str] = field(default_factory=list)
+    service: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,7 +216,8 @@ def trainer_acl(prefix: str = protocol.DEFAULT_PREFIX) -> list[str]:
 
 
 def render_acl(users: Iterable[BrokerUser]) -> str:
-    """ACL file text: anything not granted is denied (Mosquitto's default with an acl_file)."""
+    """ACL file text (Mosquitto's acl-file format, read by our plugin): anything not granted is
+    denied, and a SUBSCRIBE must be covered by a read grant."""
     blocks = []
     for user in users:
         blocks.append("\n".join([f"user {user.username}", *user.acl]))
@@ -158,15 +235,25 @@ def render_config(
     limits: dict[str, Any] | None = None,
     tls: TlsFiles | None = None,
     tls_port: int | None = None,
+    plugin: Path | None = None,
+    plugin_options: dict[str, Any] | None = None,
+    services: Iterable[str] = (),
 ) -> str:
     """mosquitto.conf: one authenticated plain listener, optionally a TLS one with the same
-    users and ACLs. MQTT v5 is on by default in Mosquitto 2.0."""
+    users and ACLs. MQTT v5 is on by default in Mosquitto 2.0.
+
+    The ACL is enforced by our plugin (`plugin_opt_acl_file`), not by `acl_file`: Mosquitto's
+    acl_file grants every SUBSCRIBE and lets anyone use any client id (docs/security.md)."""
     merged = {**DEFAULT_LIMITS, **(limits or {})}
+    options = {**DEFAULT_PLUGIN_OPTIONS, **(plugin_options or {}), "acl_file": acl_file}
+    if services:
+        options["rate_exempt"] = ",".join(services)
     lines = [
         "per_listener_settings false",
         "allow_anonymous false",
         f"password_file {password_file}",
-        f"acl_file {acl_file}",
+        f"plugin {plugin or auth_plugin()}",
+        *(f"plugin_opt_{key} {value}" for key, value in options.items()),
         "set_tcp_nodelay true",
         *(f"{key} {value}" for key, value in merged.items()),
         f"listener {port} {host}",
@@ -233,6 +320,7 @@ class LocalBroker:
         persistence: bool = False,
         host: str = "127.0.0.1",
         tls: TlsFiles | None = None,
+        plugin_options: dict[str, Any] | None = None,
         **limits: Any,
     ) -> None:
         self.users = {user.username: user for user in users}
@@ -243,6 +331,7 @@ class LocalBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.persistence = persistence
         self.limits = limits
+        self.plugin_options = plugin_options
         self.tls = tls
         #: Port of the TLS listener (same users and ACLs), when `tls` is given.
         self.tls_port = free_port(host) if tls is not None else None
@@ -271,6 +360,8 @@ class LocalBroker:
                 limits=self.limits,
                 tls=self.tls,
                 tls_port=self.tls_port,
+                plugin_options=self.plugin_options,
+                services=[user.username for user in self.users.values() if user.service],
             )
         )
 

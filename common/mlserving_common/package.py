@@ -75,7 +75,24 @@ class Metadata:
     training: dict[str, Any] = field(default_factory=dict)
     framework: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    #: Readings forecast per inference (1 = next value only); output.shape is [-1, horizon].
+    horizon: int = 1
+    #: Calendar inputs after the window, e.g. {"features": ["day_sin", ...], "interval_s": 1800};
+    #: empty = none. See mlserving_common.calendar, which trainer and server both use.
+    calendar: dict[str, Any] = field(default_factory=dict)
+    #: The quality gate this version was published under: {"passed", "forced", "reason", ...};
+    #: empty = published without one. `forced: true` = promoted over a refusal (--force), on record.
+    gate: dict[str, Any] = field(default_factory=dict)
     format: str = PACKAGE_FORMAT
+
+    @property
+    def calendar_features(self) -> tuple[str, ...]:
+        return tuple(self.calendar.get("features", ())) if self.calendar else ()
+
+    @property
+    def input_width(self) -> int:
+        """Values per input row: the window, then one per calendar feature."""
+        return self.window + len(self.calendar_features)
 
     def validate(self) -> None:
         """Raise PackageError naming the first field that breaks the format."""
@@ -96,8 +113,32 @@ class Metadata:
                 raise PackageError(f"{label}.dtype: {spec.dtype!r} is not one of {sorted(DTYPES)}")
             if not spec.shape or spec.shape[0] != -1 or any(d <= 0 for d in spec.shape[1:]):
                 raise PackageError(f"{label}.shape: {spec.shape!r} must be [-1, positive dims...]")
-        if len(self.input.shape) < 2 or self.input.shape[1] != self.window:
-            raise PackageError(f"input.shape: {self.input.shape!r} must be [-1, window={self.window}, ...]")
+        self._validate_horizon_and_calendar()
+        if len(self.input.shape) < 2 or self.input.shape[1] != self.input_width:
+            raise PackageError(
+                f"input.shape: {self.input.shape!r} must be [-1, window={self.window}"
+                + (f" + {len(self.calendar_features)} calendar features" if self.calendar_features else "") + ", ...]"
+            )
+
+    def _validate_horizon_and_calendar(self) -> None:
+        """Optional fields of day-ahead and calendar models; absent they mean 1 step, no calendar."""
+        if not (_is_int(self.horizon) and 1 <= self.horizon <= 4096):
+            raise PackageError(f"horizon: {reprlib.repr(self.horizon)} must be 1..4096")
+        if self.output.shape[1:] != [self.horizon]:
+            raise PackageError(f"output.shape: {self.output.shape!r} must be [-1, horizon={self.horizon}]")
+        if not self.calendar:
+            return
+        from mlserving_common.calendar import CALENDAR_FEATURES
+
+        names = self.calendar.get("features")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n in CALENDAR_FEATURES for n in names) \
+                or len(set(names)) != len(names):
+            raise PackageError(f"calendar.features: {reprlib.repr(names)} must be distinct names among {list(CALENDAR_FEATURES)}")
+        interval = self.calendar.get("interval_s")
+        if not (_is_number(interval) and math.isfinite(interval) and interval > 0):
+            raise PackageError(f"calendar.interval_s: {reprlib.repr(interval)} must be a number of seconds > 0")
+        if len(self.input.shape) != 2:
+            raise PackageError(f"input.shape: {self.input.shape!r} must be [-1, window + calendar features] for a calendar model")
 
     def _validate_types(self) -> None:
         """Wrong JSON types (a corrupted or hand-edited file) are PackageErrors too, never TypeErrors."""
@@ -115,7 +156,8 @@ class Metadata:
             if not isinstance(spec.dtype, str):
                 raise PackageError(f"{label}.dtype: {reprlib.repr(spec.dtype)} must be a string")
         for label, value in (("metrics", self.metrics), ("data", self.data), ("input_stats", self.input_stats),
-                             ("training", self.training), ("framework", self.framework), ("parity", self.parity)):
+                             ("training", self.training), ("framework", self.framework), ("parity", self.parity),
+                             ("calendar", self.calendar), ("gate", self.gate)):
             if not isinstance(value, dict):
                 raise PackageError(f"{label}: {reprlib.repr(value)} must be a JSON object")
 

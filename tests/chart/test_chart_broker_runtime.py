@@ -22,7 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from chart_support import COMBOS, RELEASE
-from mlserving_common.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, free_port, wait_for_port
+from mlserving_common.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, auth_plugin, free_port, wait_for_port
 
 PASSWORDS = {"tenant-a": "pw-tenant-a", "tenant-b": "pw-tenant-b", "ml-server": "pw-server", "ml-trainer": "pw-trainer"}
 SETS = [f"tenants.{t}.password={PASSWORDS[t]}" for t in ("tenant-a", "tenant-b")] + [
@@ -56,6 +56,8 @@ class ChartBroker:
         (workdir / "data").mkdir()
         conf = conf.replace("/mosquitto/auth/", f"{auth_dir}/").replace("/mosquitto/data/", f"{workdir}/data/")
         conf = conf.replace("listener 1883\n", f"listener {self.port} 127.0.0.1\n")
+        # The image's copy of our plugin, built from the same source (images/mosquitto/Dockerfile).
+        conf = conf.replace("/usr/lib/mosquitto/mlserving_auth.so", str(auth_plugin()))
         if tls_dir:
             conf = conf.replace("listener 8883\n", f"listener {self.tls_port} 127.0.0.1\n")
             conf = conf.replace("/mosquitto/tls/", f"{tls_dir}/")
@@ -104,19 +106,21 @@ class Session:
     """A connected MQTT v5 client that records what it receives."""
 
     def __init__(self, port: int, username: str | None, password: str | None, tls_ca: str | None = None,
-                 expect_ok: bool = True) -> None:
+                 expect_ok: bool = True, client_id: str = "") -> None:
         self.connected = threading.Event()
         self.reason = None
         self.messages: list[tuple[str, bytes]] = []
         self.subacks = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.suback_codes: list[int] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if username is not None:
             self.client.username_pw_set(username, password)
         if tls_ca:
             self.client.tls_set(ca_certs=tls_ca)
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
-        self.client.on_subscribe = lambda c, u, mid, codes, props: self.subacks.set()
+        self.client.on_subscribe = lambda c, u, mid, codes, props: (
+            self.suback_codes.extend(code.value for code in codes), self.subacks.set())
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
         assert self.connected.wait(10), "no CONNACK"
@@ -127,10 +131,13 @@ class Session:
         self.reason = reason
         self.connected.set()
 
-    def subscribe(self, topic: str) -> None:
+    def subscribe(self, topic: str) -> int:
+        """The SUBACK reason code (0x87: refused)."""
         self.subacks.clear()
+        self.suback_codes.clear()
         self.client.subscribe(topic, qos=1)
         assert self.subacks.wait(10)
+        return self.suback_codes[0]
 
     def publish(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1).wait_for_publish(10)
@@ -166,8 +173,10 @@ def test_rendered_broker_authenticates_and_isolates_tenants(render, broker_facto
     try:
         server.subscribe("$share/ml-serving/ml/tenant-a/requests")
         server.subscribe("$share/ml-serving/ml/tenant-b/requests")
-        tenant_a.subscribe("ml/tenant-a/responses/#")
-        tenant_b.subscribe("ml/#")  # tries to see everything: the ACL must filter
+        assert tenant_a.subscribe("ml/tenant-a/responses/#") == 1
+        assert tenant_b.subscribe("ml/#") == 0x87  # tries to see everything: refused at subscribe time
+        # A spy in tenant-a's share group would take turns of tenant-a's requests: refused.
+        assert tenant_b.subscribe("$share/ml-serving/ml/tenant-a/requests") == 0x87
 
         tenant_a.publish("ml/tenant-a/requests", b"from-a")
         tenant_b.publish("ml/tenant-a/requests", b"b-posing-as-a")  # not allowed to write A's queue
@@ -185,6 +194,31 @@ def test_rendered_broker_authenticates_and_isolates_tenants(render, broker_facto
             session.close()
 
 
+def test_rendered_broker_refuses_client_ids_of_other_users_and_logs_refusals(render, broker_factory):
+    """The chart's broker (with our plugin): tenant-a cannot connect with the serving pods' or the
+    trainer's client ids (a takeover would kick them or resume their session); each refusal is in
+    the broker log with the username, for the README's `kubectl logs | grep` query."""
+    conf, auth = rendered_files(render)
+    broker = broker_factory(conf, auth)
+    trainer = Session(broker.port, "ml-trainer", PASSWORDS["ml-trainer"], client_id="ml-trainer:trainer-lstm")
+    try:
+        for stolen in ("ml-trainer:trainer-lstm", "ml-server:abc", "tenant-b:x"):
+            intruder = Session(broker.port, "tenant-a", PASSWORDS["tenant-a"], expect_ok=False, client_id=stolen)
+            assert intruder.reason.is_failure, stolen
+            intruder.close()
+        assert trainer.client.is_connected()  # not kicked
+        own = Session(broker.port, "tenant-a", PASSWORDS["tenant-a"], client_id="tenant-a:mine")
+        assert own.subscribe("$SYS/#") == 0x87
+        own.close()
+    finally:
+        trainer.close()
+    broker.stop()  # stdout to a file is block-buffered: stopping flushes it
+    log = broker.log.read_text()
+    for stolen in ("ml-trainer:trainer-lstm", "ml-server:abc", "tenant-b:x"):
+        assert f'mlserving-auth: refused connect user="tenant-a" client="{stolen}"' in log, log
+    assert 'mlserving-auth: refused subscribe user="tenant-a" client="tenant-a:mine" filter="$SYS/#"' in log
+
+
 def test_rendered_broker_keeps_registry_messages_for_server_and_trainer_only(render, broker_factory):
     conf, auth = rendered_files(render, sets=["broker.persistence.enabled=true"])
     assert "persistence true" in conf
@@ -199,7 +233,7 @@ def test_rendered_broker_keeps_registry_messages_for_server_and_trainer_only(ren
         assert wait_for(lambda: server.messages)
         wait_for(lambda: False, timeout=0.3)
         assert server.messages == [("ml/_registry/lstm/current", b"v2")]
-        tenant_a.subscribe("ml/_registry/#")
+        assert tenant_a.subscribe("ml/_registry/#") == 0x87
         wait_for(lambda: False, timeout=0.3)
         assert tenant_a.messages == []
         server.close()

@@ -68,25 +68,27 @@ retraining:
   models:
     ann:
       trigger: drift
-      records: {enabled: true, tenant: tenant-b}
+      records: {enabled: true, tenants: [tenant-b]}
       qualityGate: {margin: 0.05, enabled: true}
 """)
     rendered = render((*PROD, extra))
     ann = trainer_config(rendered, "ann")
     config = TrainConfig().merged(ann, source="ann").validate()
-    assert (config.trigger, config.records, config.records_tenant, config.gate_margin) == ("drift", True, "tenant-b", 0.05)
+    assert (config.trigger, config.records, config.tenants, config.gate_margin) == ("drift", True, ["tenant-b"], 0.05)
     assert config.broker_host == f"{RELEASE}-broker.ml.svc" and config.broker_port == 8883
     assert config.broker_tls_ca_file == "/etc/ml-serving/broker-ca/ca.crt"
     assert config.broker_password_file == "/etc/ml-serving/broker/password"
-    assert config.session_client_id == "mlserving-trainer-ann"
+    assert config.session_client_id == "ml-trainer:trainer-ann"
     pod = cron_pod(rendered, "ann")
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert mounts["broker-password"] == "/etc/ml-serving/broker" and "broker-ca" in mounts
     assert mounts["registry"] == "/models"  # the filesystem registry is still where it publishes
     (secret,) = [v for v in pod["volumes"] if v["name"] == "broker-password"]
     assert secret["secret"]["items"] == [{"key": "password-ml-trainer", "path": "password"}]
-    # prod's lstm entry records live traffic too; a plain entry gets no broker settings.
+    # prod's lstm entry records live traffic too, of the tenants served lstm only; a plain entry
+    # gets no broker settings.
     assert trainer_config(rendered, "lstm")["records"] is True
+    assert trainer_config(rendered, "lstm")["tenants"] == ["tenant-a"]
     plain = trainer_config(render(PROD, sets=["retraining.models.lstm.records.enabled=false"]), "lstm")
     assert plain["records"] is False and "broker_host" not in plain
     assert "broker-password" not in {v["name"] for v in cron_pod(render(PROD, sets=[
@@ -133,3 +135,26 @@ def test_dashboard_shows_live_error_drift_and_rollbacks(render):
         assert metric in exprs
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_a_trainer_uses_only_the_tenants_served_its_model(render, template, tmp_path):
+    """Default: the tenants whose models include the trainer's; named tenants must exist; none is
+    an error at render time (before: records_tenant unset meant every tenant's records)."""
+    extra = values_file(tmp_path, """
+tenants:
+  tenant-b:
+    models: {lstm: ""}
+retraining:
+  models:
+    ann:
+      trigger: drift
+""")
+    rendered = render((*PROD, extra))
+    assert trainer_config(rendered, "lstm")["tenants"] == ["tenant-a", "tenant-b"]
+    assert trainer_config(rendered, "ann")["tenants"] == ["tenant-b"]
+    assert "tenants" not in trainer_config(render(PROD, sets=["retraining.models.lstm.records.enabled=false"]), "lstm")
+    unknown = template(PROD, sets=["retraining.models.lstm.records.tenants={tenant-x}"])
+    assert unknown.returncode != 0 and "is not a tenant of this release" in unknown.stderr, unknown.stderr
+    nobody = template(PROD, sets=["retraining.models.gru.kind=lstm", "retraining.models.gru.schedule=0 3 * * *",
+                                  "retraining.models.gru.records.enabled=true"])
+    assert nobody.returncode != 0 and "no tenant is served model gru" in nobody.stderr, nobody.stderr

@@ -72,7 +72,9 @@ def test_server_config_has_the_agreed_shape(render):
         "qos": 1,
         "registry": {"path": "/models", "poll_seconds": 2},
         "batching": {"max_batch": 64, "max_wait_ms": 2},
-        "limits": {"max_payload_bytes": 262144, "max_instances": 1024, "max_pending": 20000},
+        "limits": {"max_payload_bytes": 262144, "max_instances": 1024, "max_pending": 5000,
+                   "max_pending_bytes": 16777216, "max_correlation_bytes": 256, "receive_maximum": 256,
+                   "max_outgoing": 10000},
         "http": {"host": "0.0.0.0", "port": 8080},
         "drain_seconds": 20,
         "log_level": "info",
@@ -373,11 +375,20 @@ def test_tls_everywhere_in_prod(render):
 
 
 def test_broker_config_sets_limits_explicitly(render):
+    """The chart's broker has the same memory bounds as every local broker the tests run, and
+    loads our plugin (which owns the ACL) instead of Mosquitto's acl_file."""
+    from mlserving_common.mosquitto import DEFAULT_LIMITS, DEFAULT_PLUGIN_OPTIONS
+
     conf = render(TWO).one("ConfigMap", f"{PREFIX}-broker")["data"]["mosquitto.conf"]
-    for line in ("listener 1883", "allow_anonymous false", "set_tcp_nodelay true", "max_queued_messages 100000",
-                 "max_inflight_messages 1000", "message_size_limit 2097152", "acl_file /mosquitto/auth/acl",
-                 "password_file /mosquitto/auth/passwd", "persistence false"):
-        assert line in conf.splitlines(), line
+    lines = conf.splitlines()
+    for line in ("listener 1883", "allow_anonymous false", "set_tcp_nodelay true",
+                 "plugin /usr/lib/mosquitto/mlserving_auth.so", "plugin_opt_acl_file /mosquitto/auth/acl",
+                 "plugin_opt_rate_exempt ml-server,ml-trainer",
+                 "password_file /mosquitto/auth/passwd", "persistence false",
+                 *(f"{key} {value}" for key, value in DEFAULT_LIMITS.items()),
+                 *(f"plugin_opt_{key} {value}" for key, value in DEFAULT_PLUGIN_OPTIONS.items())):
+        assert line in lines, line
+    assert not any(line.startswith("acl_file") for line in lines)
 
 
 def test_external_broker_renders_no_broker(render):

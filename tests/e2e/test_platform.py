@@ -74,13 +74,10 @@ def test_round_trip_per_tenant(release: Release) -> None:
 
 
 def test_tenant_cannot_touch_another_tenants_queues(release: Release) -> None:
-    """tenant-a's credentials: publishing on tenant-b's queue is refused, and none of tenant-b's answers arrive.
-
-    Mosquitto 2.0 may grant the SUBSCRIBE itself and enforce the read ACL on delivery, so the
-    proof is that nothing is delivered, not the SUBACK code.
-    """
+    """tenant-a's credentials: publishing on tenant-b's queue is refused (PUBACK 0x87), subscribing
+    to tenant-b's answers is refused (SUBACK 0x87, by our broker plugin), and none arrive."""
     outcome: dict[str, object] = {}
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-intruder", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=protocol.owned_client_id("tenant-a", "e2e-intruder"), protocol=mqtt.MQTTv5)
     client.username_pw_set("tenant-a", release.passwords["tenant-a"])
     client.on_subscribe = lambda c, u, mid, codes, p: outcome.__setitem__("suback", [c.value for c in codes])
     client.on_publish = lambda c, u, mid, code, p: outcome.__setitem__("puback", code.value)
@@ -91,7 +88,7 @@ def test_tenant_cannot_touch_another_tenants_queues(release: Release) -> None:
         wait_until(client.is_connected, 20, 0.2, "tenant-a to connect")
         client.subscribe(protocol.response_topic("tenant-b") + "/#", qos=1)
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = protocol.response_topic("tenant-a") + "/e2e-intruder"
+        props.ResponseTopic = protocol.response_topic("tenant-a") + "/tenant-a:e2e-intruder"
         client.publish(protocol.request_topic("tenant-b"), protocol.encode_request(SERIES, request_id="x"), qos=1, properties=props)
         wait_until(lambda: "suback" in outcome and "puback" in outcome, 20, 0.2, "SUBACK and PUBACK")
         # Tenant-b's own traffic must not reach tenant-a's subscription either.
@@ -102,6 +99,7 @@ def test_tenant_cannot_touch_another_tenants_queues(release: Release) -> None:
         client.loop_stop()
         client.disconnect()
     assert outcome["puback"] == 0x87, outcome  # Not authorized
+    assert outcome["suback"] == [0x87], outcome
     assert "leaked" not in outcome, outcome
     figure("isolation", suback=outcome["suback"], puback=hex(outcome["puback"]))  # type: ignore[arg-type]
 
@@ -206,7 +204,7 @@ def test_deleted_serving_pod_is_replaced_and_nothing_is_lost(release: Release) -
 def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> None:
     marker = f"kept-{time.time_ns()}"
     topic = f"{protocol.DEFAULT_PREFIX}/_registry/e2e-marker/current"
-    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-trainer", protocol=mqtt.MQTTv5)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=protocol.owned_client_id("ml-trainer", "e2e-trainer"), protocol=mqtt.MQTTv5)
     publisher.username_pw_set("ml-trainer", release.passwords["ml-trainer"])
     publisher.connect(release.host, release.port)
     publisher.loop_start()
@@ -227,7 +225,7 @@ def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> N
         outcome = load.stop(grace=90)
 
     retained: list[bytes] = []
-    reader = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-reader", protocol=mqtt.MQTTv5)
+    reader = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=protocol.owned_client_id("ml-trainer", "e2e-reader"), protocol=mqtt.MQTTv5)
     reader.username_pw_set("ml-trainer", release.passwords["ml-trainer"])
     reader.on_message = lambda c, u, msg: retained.append(msg.payload)
     reader.connect(release.host, release.port)

@@ -101,7 +101,7 @@ def raw_publish(broker, topic: str, payload: bytes) -> None:
 
 
 def test_retained_packages_survive_a_broker_restart_with_persistence(tmp_path, registry_root, model_registry):
-    user = BrokerUser("trainer", uuid.uuid4().hex, trainer_acl())
+    user = BrokerUser("trainer", uuid.uuid4().hex, trainer_acl(), service=True)
     with LocalBroker([user], workdir=tmp_path / "mosquitto", persistence=True) as local:
         location = BrokerLocation(host=local.host, port=local.port, prefix=protocol.DEFAULT_PREFIX,
                                   username="trainer", cache=str(tmp_path / "cache"))

@@ -39,7 +39,7 @@ class EchoResponder:
         self._timers: list[threading.Timer] = []
         self._topics = [broker.request_topic(t) for t in tenants]
         self.subscribed = threading.Event()
-        self._client = transport.make_client(transport.new_client_id("echo"), *broker.credentials("server"))
+        self._client = transport.make_client(transport.new_client_id("server", "echo"), *broker.credentials("server"))
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *a: self.subscribed.set()
         self._client.on_message = self._on_message

@@ -173,6 +173,12 @@ def test_mosquitto_runs_as_1883_with_passwd_tool(images: dict[str, str]) -> None
     assert config["Cmd"] == ["-c", "/mosquitto/config/mosquitto.conf"]
     done = run_in(image, "test", "-w", "/mosquitto/data")
     assert done.returncode == 0, "the broker user cannot write its persistence directory"
+    # Our plugin is in the image and loads into its Mosquitto (the chart's config names this path).
+    done = run_in(image, "sh", "-ec", "printf 'user u\\ntopic read x/#\\n' >/tmp/acl;"
+                  " printf 'listener 18830 127.0.0.1\\nallow_anonymous false\\nlog_dest stderr\\n"
+                  "plugin /usr/lib/mosquitto/mlserving_auth.so\\nplugin_opt_acl_file /tmp/acl\\n' >/tmp/c;"
+                  " timeout 3 mosquitto -c /tmp/c || true")
+    assert "mlserving-auth: 1 user(s) from /tmp/acl" in done.stdout + done.stderr, done
 
 
 @pytest.mark.parametrize("name", ["server", "trainer", "mosquitto"])

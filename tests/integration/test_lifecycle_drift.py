@@ -31,7 +31,10 @@ LIFECYCLE = {
     "drift": {"error_factor": 1.5, "min_scored": 100, "psi_threshold": 0.25, "input_window": 1200},
     "auto_rollback": {"enabled": True, "margin": 0.2, "min_scored": 100},
 }
-TRAIN = dict(model="ann", series=SERIES, epochs=8, batch_size=32, learning_rate=3e-3, patience=3, seed=7, plot="none")
+# The subject here is drift, not forecast quality: the gate requires beating naive and the serving
+# version only (an 8-epoch network loses to the linear AR baselines on this data).
+TRAIN = dict(model="ann", series=SERIES, epochs=8, batch_size=32, learning_rate=3e-3, patience=3, seed=7, plot="none",
+             gate_baselines="naive")
 
 
 def test_level_shift_raises_drift_and_retraining_on_live_records_recovers(
@@ -52,7 +55,7 @@ def test_level_shift_raises_drift_and_retraining_on_live_records_recovers(
     # The trainer's persistent session exists before live traffic starts (the first drain creates it).
     password = tmp_path / "trainer-password"
     password.write_text(broker.users["trainer"].password)
-    session = dict(records=True, trigger="drift", broker_host=broker.host, broker_port=broker.port,
+    session = dict(records=True, trigger="drift", tenants=["tenant-a"], broker_host=broker.host, broker_port=broker.port,
                    broker_username="trainer", broker_password_file=str(password), records_idle_seconds=1.5)
     trainer_yaml = tmp_path / "trainer.yaml"
     trainer_yaml.write_text("".join(f"{k}: {v}\n" for k, v in {**TRAIN, **session}.items()))

@@ -17,6 +17,7 @@ from mlserving_training.records import drain
 from lifecycle_support import send_series, series_values, windows
 
 TENANTS = {"tenant-a": {"models": {"lstm": "current"}, "record": True}}
+KEY = ("tenant-a", "BTS001/1")  # a live series is (tenant, series_id)
 
 
 def test_two_replicas_record_one_series_that_the_trainer_stitches_back(
@@ -25,7 +26,7 @@ def test_two_replicas_record_one_series_that_the_trainer_stitches_back(
     password = tmp_path / "password"
     password.write_text(broker.users["trainer"].password)
     config = TrainConfig(
-        name="lstm", series="BTS001/1", records=True, records_max=150, records_idle_seconds=1.0,
+        name="lstm", series="BTS001/1", records=True, tenants=["tenant-a"], records_max=150, records_idle_seconds=1.0,
         broker_host=broker.host, broker_port=broker.port, broker_username="trainer",
         broker_password_file=str(password),
     ).validate()
@@ -43,21 +44,21 @@ def test_two_replicas_record_one_series_that_the_trainer_stitches_back(
     until(lambda: sum(r.metric("mlserving_live_scored_total", role="serving") for r in replicas) >= 190)
 
     drained = drain(config, emit=lambda line: None)
-    assert drained.session_present and drained.new_windows == {"BTS001/1": 200}
-    history = drained.histories["BTS001/1"]
+    assert drained.session_present and drained.new_windows == {KEY: 200}
+    history = drained.histories[KEY]
     where = describe(history, values)
     assert len(history.segments) == 1, where  # one series, whichever replica answered which window
     # Windows with targets 100..299 hold readings 94..298: 205 readings, the newest 150 kept.
     assert history.segments[0] == [float(v) for v in values[299 - 150 : 299]], where
-    assert drained.rotated == {"BTS001/1": 55}
+    assert drained.rotated == {KEY: 55}
 
     # The next drain continues the retained history with only the new records.
     send_series(client, windows(values, 300, 320), "BTS001/1", "more")
     until(lambda: sum(r.metric("mlserving_records_published_total") for r in replicas) == 220)
     again = drain(config, emit=lambda line: None)
-    assert again.new_windows == {"BTS001/1": 20}
-    assert again.histories["BTS001/1"].segments == [[float(v) for v in values[319 - 150 : 319]]], describe(
-        again.histories["BTS001/1"], values)
+    assert again.new_windows == {KEY: 20}
+    assert again.histories[KEY].segments == [[float(v) for v in values[319 - 150 : 319]]], describe(
+        again.histories[KEY], values)
     # Requests without a series_id are answered but neither recorded nor scored.
     client.request({"series": windows(values, 400, 401)[0]})
     assert sum(r.metric("mlserving_records_published_total") for r in replicas) == 220

@@ -26,12 +26,14 @@ def test_client_library_round_trips(server_process, registry_root, broker):
 
 def test_tutorial_queue_names_and_legacy_payload(server_process, registry_root, mqtt_client):
     tenants = {
-        "legacy": {"models": {"lstm": "current"}, "request_topic": "inqueue/lstm", "response_topic": "outqueue/lstm"},
+        "legacy": {"models": {"lstm": "current"}, "request_topic": "inqueue/lstm", "response_topic": "outqueue/lstm",
+                   "legacy": {"mean": 21.0, "scale": 5.0}},
     }
     server_process(registry_root, tenants=tenants)
     client = mqtt_client("legacy")
     assert (client.request_topic, client.response_topic) == ("inqueue/lstm", "outqueue/lstm")
     legacy = client.request({f"norm_{i + 1}": v for i, v in enumerate([-0.5, -0.2, 0.0, 0.3, 0.5, 0.8])})
     assert legacy["normalized"] is True and legacy["tenant"] == "legacy"
+    assert math.isfinite(legacy["prediction"])  # its value: test_server_legacy_tutorial.py
     assert client.all_answers[-1].topic == "outqueue/lstm"
     assert "prediction" in client.request({"series": SERIES})

@@ -90,12 +90,13 @@ def test_rejections_reach_the_client_on_its_own_reply_topic(broker, server_proce
 
 
 def test_payload_limits_at_the_broker_and_at_the_server(broker, server_process, registry_root, mqtt_client):
-    """The broker refuses what is over its message_size_limit (2 MiB): Mosquitto 2.0 drops the
+    """The broker refuses a packet over its max_packet_size (264 KiB): Mosquitto 2.0 drops the
     connection of a client that sends it, before any server sees it. The server answers
-    payload_too_large for what passes the broker but is over limits.max_payload_bytes."""
+    payload_too_large for what passes the broker (message_size_limit 260 KiB) but is over
+    limits.max_payload_bytes (256 KiB)."""
     server = server_process(registry_root)
-    too_big_for_broker = b'{"id": "huge", "series": [' + b"1.0, " * (DEFAULT_LIMITS["message_size_limit"] // 5) + b"1.0]}"
-    assert len(too_big_for_broker) > DEFAULT_LIMITS["message_size_limit"]
+    too_big_for_broker = b'{"id": "huge", "series": [' + b"1.0, " * (2 * 1024 * 1024 // 5) + b"1.0]}"
+    assert len(too_big_for_broker) > DEFAULT_LIMITS["max_packet_size"]
     sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sender.username_pw_set(*broker.credentials("tenant-a"))
     outcome: dict[str, object] = {}
@@ -110,7 +111,7 @@ def test_payload_limits_at_the_broker_and_at_the_server(broker, server_process, 
     assert "puback" not in outcome and outcome["disconnect"].is_failure, outcome
 
     client = mqtt_client("tenant-a")
-    big_for_server = b'{"id": "big", "series": [' + b"1.0, " * (300 * 1024 // 5) + b"1.0]}"
+    big_for_server = b'{"id": "big", "series": [' + b"1.0, " * (258 * 1024 // 5) + b"1.0]}"
     assert 262144 < len(big_for_server) < DEFAULT_LIMITS["message_size_limit"]
     client.publish_raw(big_for_server, correlation=b"big")  # the server does not read a payload that large:
     assert client.wait_answers(1)  # the answer's id is null, Correlation Data matches it

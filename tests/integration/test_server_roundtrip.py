@@ -37,13 +37,14 @@ def test_batched_request_answers_every_instance_in_order(server, mqtt_client):
     assert batched["predictions"] == pytest.approx(singles, rel=1e-5, abs=1e-5)
 
 
-def test_legacy_payload_answers_in_normalised_units(server, mqtt_client):
+def test_legacy_payload_without_legacy_settings_is_refused(server, mqtt_client):
+    """No `legacy` scaling configured: the client's units are unknown, so no answer could be right
+    (docs/protocol.md; the conversion itself: test_server_legacy_tutorial.py)."""
     client = mqtt_client("tenant-a")
     body = {f"norm_{i + 1}": v for i, v in enumerate([-0.5, -0.2, 0.0, 0.3, 0.5, 0.8])}
     answer = client.request(body)
-    assert "error" not in answer, answer
-    assert answer["normalized"] is True
-    assert math.isfinite(answer["prediction"])
+    assert answer["error"]["code"] == "invalid_request", answer
+    assert "tenants.tenant-a.legacy" in answer["error"]["message"]
 
 
 def test_response_topic_and_correlation_data_are_honoured(server, mqtt_client, broker):

@@ -13,6 +13,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from mlserving_common import protocol
 from mlserving_server.transport import _FastClient
 
 COUNT = 70_000  # > 65,535 packet ids
@@ -28,14 +29,14 @@ def test_answers_beyond_the_packet_id_space_are_all_delivered(broker) -> None:
         if len(seen) == COUNT:
             done.set()
 
-    reader = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ids-reader", protocol=mqtt.MQTTv5)
+    reader = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=protocol.owned_client_id("tenant-a", "ids-reader"), protocol=mqtt.MQTTv5)
     reader.username_pw_set(*broker.credentials("tenant-a"))
     reader.on_message = on_message
     reader.connect(broker.host, broker.port)
     reader.subscribe(topic, qos=0)
     reader.loop_start()
 
-    writer = _FastClient(CallbackAPIVersion.VERSION2, client_id="ids-writer", protocol=mqtt.MQTTv5)
+    writer = _FastClient(CallbackAPIVersion.VERSION2, client_id=protocol.owned_client_id("server", "ids-writer"), protocol=mqtt.MQTTv5)
     writer.username_pw_set(*broker.credentials("server"))
     writer.max_inflight_messages_set(1000)
     writer.max_queued_messages_set(0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,7 +45,8 @@ JSON = st.recursive(
 SMALL_JSON = st.recursive(SCALARS, lambda children: st.lists(children, max_size=8), max_leaves=10)
 # Text clients can actually send: orjson refuses lone surrogates on the client side.
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=protocol.MAX_ID_LENGTH)
-FINITE = st.floats(allow_nan=False, allow_infinity=False, width=64)
+# Readings a model can take: finite as float32 (wider floats are refused, see below).
+FINITE = st.floats(allow_nan=False, allow_infinity=False, width=32)
 
 
 def check_outcome(payload: bytes) -> Request | ProtocolError:
@@ -134,3 +136,18 @@ def test_prediction_answers_encode_and_decode(predictions, batched, normalized) 
     else:
         assert answer["prediction"] == predictions[0]
     assert answer.get("normalized", False) is normalized
+
+
+@PROFILE
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=64), min_size=1, max_size=12), st.booleans())
+def test_doubles_are_parsed_only_within_float32(values, batched) -> None:
+    """A double beyond float32's range would be inf in the model: refused, naming the field."""
+    body = {"instances": [values, values]} if batched else {"series": values}
+    with np.errstate(over="ignore"):
+        fits = bool(np.isfinite(np.array(values, dtype=np.float32)).all())  # numpy as the independent oracle
+    try:
+        request = protocol.parse_request(orjson.dumps(body), 1 << 20, MAX_INSTANCES)
+    except ProtocolError as exc:
+        assert not fits and exc.code == ErrorCode.INVALID_REQUEST and "float32" in exc.message
+    else:
+        assert fits and request.instances[0] == tuple(values)

@@ -29,7 +29,8 @@ def test_refuses_a_candidate_worse_than_serving_and_accepts_a_better_one():
     better = decide(candidate=0.90, naive=1.50, serving=1.00, margin=0.0, serving_version="v3", windows=100)
     assert better.passed and "beats serving v3" in better.reason
     assert better.to_dict() == {"passed": True, "reason": better.reason, "candidate_mae": 0.9, "naive_mae": 1.5,
-                                "serving_mae": 1.0, "serving_version": "v3", "margin": 0.0, "windows": 100}
+                                "serving_mae": 1.0, "serving_version": "v3", "margin": 0.0, "windows": 100,
+                                "baselines": {"naive": 1.5}, "forced": False}
     assert "PASS" in better.line() and "REFUSED" in worse.line()
 
 
@@ -68,14 +69,15 @@ def test_holdout_skips_windows_across_gaps_and_interpolated_targets():
     filled = np.zeros(n, bool)
     filled[95] = True
     holdout = build_holdout(series(np.arange(n, dtype=float), segment, filled), 0.7, 0.15, 6)
-    # test split starts at 85: targets 91..99, minus those whose window crosses 89|90 or are filled
-    assert list(holdout.targets) == [96, 97, 98, 99]
+    # test split starts at 85: targets 91..99, minus those whose window crosses 89|90, are filled,
+    # or follow a filled reading (95 was interpolated toward 96: 96 would see itself; issue #16)
+    assert list(holdout.targets) == [97, 98, 99]
     with pytest.raises(GateError, match="no holdout windows"):
         build_holdout(series(np.arange(20, dtype=float)), 0.7, 0.15, 6)
 
 
 def test_gate_and_records_settings_are_validated_by_name():
-    TrainConfig(gate_margin=0.1, trigger="drift", broker_host="mqtt").validate()
+    TrainConfig(gate_margin=0.1, trigger="drift", broker_host="mqtt", tenants=["tenant-b"]).validate()
     for kwargs, field in [
         ({"gate_margin": 1.0}, "gate_margin"),
         ({"gate_margin": -0.1}, "gate_margin"),
@@ -83,7 +85,11 @@ def test_gate_and_records_settings_are_validated_by_name():
         ({"records": True}, "broker_host"),
         ({"trigger": "drift"}, "broker_host"),
         ({"records_max": 10}, "records_max"),
-        ({"records_tenant": "a/b"}, "records_tenant"),
+        ({"tenants": ["a/b"]}, "tenants"),
+        ({"tenants": ["ok", "+"]}, "tenants"),
+        # No tenant named: no tenant's traffic is used (never "every tenant").
+        ({"records": True, "broker_host": "mqtt"}, "tenants"),
+        ({"trigger": "drift", "broker_host": "mqtt"}, "tenants"),
         ({"broker_port": 0}, "broker_port"),
         ({"topic_prefix": "ml/#"}, "topic_prefix"),
         ({"client_id": "x" * 65}, "client_id"),
@@ -94,6 +100,8 @@ def test_gate_and_records_settings_are_validated_by_name():
 
 
 def test_chart_quality_gate_margin_is_a_trainer_setting():
-    config = TrainConfig().merged({"gate_margin": "0.05", "gate": "false", "records": "yes"}, source="test")
+    config = TrainConfig().merged({"gate_margin": "0.05", "gate": "false", "records": "yes",
+                                   "tenants": "tenant-a, tenant-b"}, source="test")
     assert (config.gate_margin, config.gate, config.records) == (0.05, False, True)
-    assert config.session_client_id == "mlserving-trainer-lstm"
+    assert config.tenants == ["tenant-a", "tenant-b"]
+    assert config.session_client_id == "ml-trainer:trainer-lstm"

@@ -79,11 +79,12 @@ def test_memory_is_bounded_by_least_recently_used_series():
     assert tracker.observe("t", "a", "m", window(2), [(SERVING, "v1", 0.0)]) == 1
 
 
-def test_pooled_mae_spans_tenants():
+def test_live_mae_is_never_pooled_over_tenants():
     scores = LiveScores(10)
     scores.add(("a", "m", "v1", SERVING), 1.0)
     scores.add(("b", "m", "v1", SERVING), 3.0)
-    assert scores.pooled_for("m", "v1").mae == pytest.approx(2.0)
+    assert scores.get("a", "m", "v1").mae == pytest.approx(1.0)
+    assert scores.get("b", "m", "v1").mae == pytest.approx(3.0)
     assert scores.forget("a", "m", keep={"v2"}) == [("a", "m", "v1", SERVING)]
 
 
@@ -118,7 +119,7 @@ def _guard(**settings):
     notified: list[dict] = []
     config = AutoRollbackConfig(**{"margin": 0.2, "min_scored": 20, **settings})
     guard = RollbackGuard(config, scores, lambda *args: rolled.append(args) or True,
-                          lambda model, figures: notified.append(figures))
+                          lambda figures: notified.append(figures))
     return guard, scores, rolled, notified
 
 
@@ -127,21 +128,22 @@ def test_guard_rolls_back_a_worse_new_version_and_keeps_a_good_one():
     for _ in range(50):
         scores.add(("t", "m", "v1", SERVING), 1.0)
     old, new = _Runtime("v1"), _Runtime("v2")
-    guard.on_swap("m", "current", old, new)
-    assert guard.watching() == {"m": "v2"}
+    guard.on_swap("t", "m", "current", old, new)
+    assert guard.watching() == {"t/m": "v2"}
     for _ in range(19):
-        guard.on_score("m", "v2", 1.3)
-        guard.on_score("m", "v1", 9.0)  # stragglers of the old version do not count
+        guard.on_score("t", "m", "v2", 1.3)
+        guard.on_score("t", "m", "v1", 9.0)  # stragglers of the old version do not count
     assert rolled == []
-    guard.on_score("m", "v2", 1.3)  # 20th: 1.3 > 1.0 x 1.2
-    assert rolled == [("m", "current", old, "v2")]
+    guard.on_score("t", "m", "v2", 1.3)  # 20th: 1.3 > 1.0 x 1.2
+    assert rolled == [("t", "m", "current", old, "v2")]
     assert notified[0]["decision"] == "rolled back" and notified[0]["live_mae"] == pytest.approx(1.3)
     assert notified[0]["predecessor_live_mae"] == pytest.approx(1.0) and notified[0]["scored"] == 20
+    assert notified[0]["tenant"] == "t"
     assert guard.watching() == {}
 
-    guard.on_swap("m", "current", old, _Runtime("v3"))
+    guard.on_swap("t", "m", "current", old, _Runtime("v3"))
     for _ in range(20):
-        guard.on_score("m", "v3", 1.1)  # within the margin
+        guard.on_score("t", "m", "v3", 1.1)  # within the margin
     assert len(rolled) == 1 and guard.decisions[-1]["decision"] == "kept"
 
 
@@ -149,13 +151,32 @@ def test_guard_needs_a_baseline_and_can_be_disabled():
     guard, scores, rolled, _ = _guard()
     for _ in range(5):
         scores.add(("t", "m", "v1", SERVING), 1.0)
-    guard.on_swap("m", "current", _Runtime("v1"), _Runtime("v2"))  # 5 < min_scored: no baseline
+    guard.on_swap("t", "m", "current", _Runtime("v1"), _Runtime("v2"))  # 5 < min_scored: no baseline
     assert guard.watching() == {}
     guard, scores, rolled, _ = _guard(enabled=False)
     for _ in range(50):
         scores.add(("t", "m", "v1", SERVING), 1.0)
-    guard.on_swap("m", "current", _Runtime("v1"), _Runtime("v2"))
+    guard.on_swap("t", "m", "current", _Runtime("v1"), _Runtime("v2"))
     assert guard.watching() == {}
+
+
+def test_guard_judges_each_tenant_on_its_own_scores():
+    """Another tenant's scores neither make a baseline nor count towards a decision."""
+    guard, scores, rolled, _ = _guard()
+    for _ in range(50):
+        scores.add(("a", "m", "v1", SERVING), 100.0)  # a's crafted windows: a huge baseline
+        scores.add(("b", "m", "v1", SERVING), 1.0)
+    old = _Runtime("v1")
+    guard.on_swap("a", "m", "current", old, _Runtime("v2"))
+    guard.on_swap("b", "m", "current", old, _Runtime("v2"))
+    guard.on_swap("c", "m", "current", old, _Runtime("v2"))  # c has no baseline of its own
+    assert guard.watching() == {"a/m": "v2", "b/m": "v2"}
+    for _ in range(20):
+        guard.on_score("a", "m", "v2", 50.0)  # a's errors: far worse than b's, below a's baseline
+    assert rolled == [] and guard.decisions[-1]["decision"] == "kept" and guard.decisions[-1]["tenant"] == "a"
+    for _ in range(20):
+        guard.on_score("b", "m", "v2", 3.0)  # b's own: 3.0 > 1.0 x 1.2
+    assert rolled == [("b", "m", "current", old, "v2")]
 
 
 BASE = {"tenants": {"a": {"models": {"lstm": "current", "ann": "v1"}, "default_model": "lstm"}}}

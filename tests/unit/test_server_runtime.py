@@ -30,17 +30,6 @@ def test_batched_predictions_equal_single_ones_for_any_size(model_registry, mode
     assert np.isfinite(batched).all()
 
 
-def test_legacy_rows_skip_normalisation(model_registry):
-    runtime = ModelRuntime(model_registry.packages["lstm"], max_batch=8)
-    mean, std = runtime.metadata.normalization.mean, runtime.metadata.normalization.std
-    raw = (mean + std * np.linspace(-1, 1, runtime.window)).astype(np.float32)[None, :]
-    z = ((raw - mean) / std).astype(np.float32)
-    both = np.vstack([raw, z])
-    out = runtime.predict(both, normalized=np.array([False, True]))
-    # the same window, once raw and once pre-normalised: answers differ only by the denormalisation
-    np.testing.assert_allclose(out[0], out[1] * std + mean, rtol=1e-4, atol=1e-3)
-
-
 def test_checksum_mismatch_is_refused(model_registry, tmp_path):
     package = tmp_path / "pkg"
     shutil.copytree(model_registry.packages["ann"], package)

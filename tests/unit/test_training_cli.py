@@ -53,8 +53,9 @@ def _package(where: Path, payload: bytes) -> Path:
 def test_registry_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     reg = str(tmp_path / "reg")
     pkg = str(_package(tmp_path / "pkg", b"m"))
-    assert main(["publish", pkg, "--registry", reg, "--promote"]) == 0
+    assert main(["publish", pkg, "--registry", reg]) == 0
     assert "published ann v1" in capsys.readouterr().out
+    assert main(["promote", "--registry", reg, "ann", "v1"]) == 0
     assert main(["publish", pkg, "--registry", reg]) == 0
     assert main(["promote", "--registry", reg, "ann", "v2"]) == 0
     assert "v1 -> v2" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlserving_training.config import ConfigError
+from mlserving_training.config import MODEL_KINDS, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: `promote --require-shadow-better` declined: a normal answer, but scripts must tell it apart.
@@ -48,9 +48,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="BTS CSV (station_id, parameter_id, reading_time, value); empty = synthetic")
     parser.add_argument("--column", action="append", metavar="STANDARD=CSV_NAME", help="map a column name (repeatable)")
     parser.add_argument("--series", help="series to train on, 'station_id/parameter_id' (default: the first)")
-    parser.add_argument("--model", choices=["lstm", "ann"], help="model kind (default lstm)")
+    parser.add_argument("--model", choices=list(MODEL_KINDS), help="model kind (default lstm; linear = AR baseline)")
     parser.add_argument("--name", help="registry model name (default: the model kind)")
-    parser.add_argument("--window", type=int, help="readings per input window (default 6)")
+    parser.add_argument("--window", type=int, help="readings per input window, the lookback (default 6; e.g. 48-336)")
+    parser.add_argument("--horizon", type=int, help="readings forecast per inference (default 1; 48 = day-ahead half-hourly)")
+    parser.add_argument("--calendar", action="store_true", default=None,
+                        help="add time-of-day and day-of-week inputs (the server computes them from the request's 'time')")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
     parser.add_argument("--batch-size", type=int, help="batch size (default 64)")
     parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-3)")
@@ -60,16 +63,24 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-fraction", type=float, help="oldest share of the series for training (0.7)")
     parser.add_argument("--val-fraction", type=float, help="next share for validation (0.15); the rest is test")
     parser.add_argument("--tolerance", type=float, help="max |TFLite - Keras| allowed before refusing (1e-4)")
+    parser.add_argument("--interval", help="sampling grid, e.g. 60s, 30min, 1h (default: the most common step);"
+                        " readings are resampled to it by --resample")
+    parser.add_argument("--resample", choices=["last", "mean"], help="value per --interval: last or mean (last)")
+    parser.add_argument("--time-unit", choices=["auto", "s", "ms", "us", "ns", "iso"],
+                        help="reading_time unit (default auto: from the magnitude, or ISO 8601 text)")
+    parser.add_argument("--duplicates", choices=["last", "mean"],
+                        help="readings sharing a second: keep the last or average them (default last)")
     parser.add_argument("--out", help="package directory to write (default packages/<name>)")
     parser.add_argument("--plot", help="forecast PNG path (default <out>-forecast.png; 'none' disables)")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
-    keys = ["data", "series", "model", "name", "window", "epochs", "batch_size", "learning_rate", "patience",
-            "seed", "units", "train_fraction", "val_fraction", "tolerance", "out", "plot"]
+    keys = ["data", "series", "model", "name", "window", "horizon", "calendar", "epochs", "batch_size", "learning_rate", "patience",
+            "seed", "units", "train_fraction", "val_fraction", "tolerance", "out", "plot",
+            "interval", "resample", "time_unit", "duplicates"]
     overrides = {key: getattr(args, key) for key in keys}
     overrides["columns"] = _column_pairs(args.column)
-    for key in ("registry", "promote", "records", "trigger", "gate_margin"):
+    for key in ("registry", "promote", "records", "trigger", "gate_margin", "tenants"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if getattr(args, "no_gate", False):
@@ -88,6 +99,13 @@ def _add_retrain_options(parser: argparse.ArgumentParser) -> None:
                         help="add live-traffic records drained from the broker (broker_* settings)")
     parser.add_argument("--trigger", choices=["schedule", "drift"],
                         help="schedule: train every run; drift: only after a server's drift event (default schedule)")
+    _add_tenant_option(parser)
+
+
+def _add_tenant_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tenant", dest="tenants", action="append", default=None,
+                        help="a tenant whose live records and drift events to use (repeatable; required with"
+                        " --records or --trigger drift unless the config names them)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
 
     p = sub.add_parser("evaluate", help="score a package with LiteRT on a CSV, next to the naive forecast")
-    p.add_argument("package", help="package directory (or use --registry/--model/--version)")
+    p.add_argument("package", nargs="+", help="package directory (several: compared in one --report)")
     p.add_argument("--data", required=True, help="CSV to evaluate on")
+    p.add_argument("--report", help="write a Markdown report (every package and baseline, backtest mean/spread)"
+                   " here, and a PNG of forecasts against actuals beside it")
+    p.add_argument("--folds", type=int, default=5, help="rolling-origin backtest folds of --report (default 5)")
     p.add_argument("--column", action="append", metavar="STANDARD=CSV_NAME", help="map a column name")
     p.add_argument("--series", default="", help="series id (default: the one the package was trained on)")
     p.add_argument("--split", choices=["all", "test"], default="all",
@@ -122,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="store a package in a registry under the next version")
     p.add_argument("package", help="package directory written by `train`")
     p.add_argument("--registry", required=True, help="registry root directory")
-    p.add_argument("--promote", action="store_true", help="also make it the current version")
+    p.add_argument("--promote", action="store_true",
+                   help="also make it the current version, if it passes the quality gate (the CronJob's: beat every"
+                   " baseline and the serving version on the backtest of its training data); refused: nothing"
+                   f" is published, exit {EXIT_REFUSED}")
+    p.add_argument("--data", default="", help="with --promote: CSV to judge on (default: the package's training data)")
+    p.add_argument("--gate-margin", type=float, default=None,
+                   help="with --promote: required improvement over every baseline and the serving version (default: as trained)")
+    p.add_argument("--force", action="store_true",
+                   help="with --promote: promote even if the gate refuses; logged and recorded in metadata.gate")
 
     p = sub.add_parser("list", help="models, versions and current version in a registry")
     p.add_argument("--registry", required=True)
@@ -148,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a server's /metrics (repeat for every replica), e.g. http://server:8080/metrics")
     p.add_argument("--min-scored", type=int, default=200, help="scored forecasts each side needs (200)")
     p.add_argument("--margin", type=float, default=0.0, help="shadow MAE must be < serving MAE x (1 - margin) (0)")
+    p.add_argument("--tenant", dest="tenants", action="append", default=None,
+                   help="judge on this tenant's live figures only (repeatable; default every tenant scraped),"
+                   " so another tenant's traffic cannot decide the promotion")
 
     p = sub.add_parser("rollback", help="make the previously promoted version current again")
     p.add_argument("--registry", required=True)
@@ -173,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of TrainConfig settings (also MLSERVING_TRAIN_CONFIG)")
     p.add_argument("--name", help="registry model name whose session and history to use")
     p.add_argument("--series", help="only this series, 'station_id/parameter_id'")
+    _add_tenant_option(p)
 
     p = sub.add_parser("demo-packages", help="fast deterministic v1 packages of lstm and ann into a registry")
     p.add_argument("--registry", required=True, help="registry root directory")
@@ -218,7 +251,7 @@ def _cmd_records(args: argparse.Namespace) -> int:
     from mlserving_training.config import load_config
     from mlserving_training.records import drain
 
-    overrides = {"name": args.name, "series": args.series, "records": True}
+    overrides = {"name": args.name, "series": args.series, "records": True, "tenants": args.tenants}
     config = load_config(args.config, overrides)
     drain(config, _emit)
     return EXIT_OK
@@ -229,17 +262,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mlserving_training.pipeline import evaluate_package
 
     raw = load_csv(args.data, _column_pairs(args.column))
-    result = evaluate_package(Path(args.package), raw, args.series, args.split, _emit if not args.json else lambda _: None)
+    emit = _emit if not args.json else lambda _: None
+    results = [evaluate_package(Path(p), raw, args.series, args.split, emit) for p in args.package]
+    if args.report:
+        from mlserving_training.report import evaluate_report
+
+        if not 1 <= args.folds <= 50:
+            raise ConfigError(f"--folds: {args.folds} must be 1..50")
+        table = evaluate_report([Path(p) for p in args.package], raw, Path(args.report), args.series, args.folds, emit)
+        results = [{**r, "report": table} for r in results]
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     return EXIT_OK
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     from mlserving_training.pipeline import publish
 
-    publish(Path(args.package), args.registry, args.promote, _emit)
-    return EXIT_OK
+    if not args.promote:
+        if args.force or args.data or args.gate_margin is not None:
+            raise ConfigError("--force/--data/--gate-margin: only with --promote (publishing alone serves nothing)")
+        publish(Path(args.package), args.registry, False, _emit)
+        return EXIT_OK
+    from mlserving_training.retrain import publish_promote_gated
+
+    version = publish_promote_gated(Path(args.package), args.registry, args.data, args.gate_margin, args.force, _emit)
+    return EXIT_OK if version else EXIT_REFUSED
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -282,7 +330,8 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
         if not args.metrics_url:
             raise ConfigError("--metrics-url: required with --require-shadow-better (each server replica's /metrics)")
-        verdict = compare_shadow(scrape(args.metrics_url), args.model, args.version, args.min_scored, args.margin)
+        verdict = compare_shadow(scrape(args.metrics_url), args.model, args.version, args.min_scored, args.margin,
+                                 tenants=args.tenants)
         _log_event("promotion guard", model=args.model, version=args.version, previous=previous, **verdict.to_dict())
         _emit(f"{args.model} {args.version} in shadow: {verdict.reason}")
         if not verdict.passed:

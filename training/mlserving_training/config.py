@@ -16,8 +16,11 @@ from typing import Any
 import yaml
 
 from mlserving_common.package import NAME_PATTERN
+from mlserving_training.timegrid import DUPLICATE_RULES, TIME_UNITS, CleaningError, parse_interval
+from mlserving_common.protocol import CLIENT_ID_SEPARATOR
 
-MODEL_KINDS = ("lstm", "ann")
+#: `linear` is the linear autoregression baseline (one Dense layer, least squares), served like the others.
+MODEL_KINDS = ("lstm", "ann", "linear")
 #: When a retraining run trains: on every run, or only when a server reported drift for the model.
 TRIGGERS = ("schedule", "drift")
 ENV_PREFIX = "MLSERVING_TRAIN_"
@@ -39,11 +42,22 @@ class TrainConfig:
     columns: dict[str, str] = field(default_factory=dict)
     # Features
     window: int = 6
+    horizon: int = 1  # readings forecast per inference (48 = day-ahead on half-hourly data)
+    calendar: bool = False  # add time-of-day / day-of-week inputs (sin/cos) computed from timestamps
     train_fraction: float = 0.7
     val_fraction: float = 0.15
     # Cleaning
     sentinels: list[float] = field(default_factory=lambda: [999999.0, -999999.0])
     max_gap_fill: int = 3
+    interval: str = ""  # sampling grid, e.g. "60s", "30min", "1h"; empty = the most common step
+    resample: str = "last"  # with an interval: one value per interval, "last" or "mean"
+    time_unit: str = "auto"  # reading_time unit: auto, s, ms, us, ns or iso (ISO 8601 text)
+    duplicates: str = "last"  # readings sharing a second: "last" (re-sent corrections) or "mean" (distinct readings)
+    min_windows: int = 30  # fewer windows than this in a split: warned as too few to judge
+    backtest_folds: int = 5  # rolling-origin folds over the test split (docs/training.md)
+    # Which baselines the gate requires beating: "all" (naive, seasonal naives, linear ARs) or
+    # "naive" only (lifecycle tests and bootstraps whose subject is not forecast quality).
+    gate_baselines: str = "all"
     # Optimisation
     epochs: int = 30
     batch_size: int = 64
@@ -68,7 +82,9 @@ class TrainConfig:
     trigger: str = "schedule"  # schedule: train every run; drift: only after a server's drift event for this model
     # Live-traffic records drained from the broker (servers publish windows of requests with a series_id)
     records: bool = False
-    records_tenant: str = ""  # only this tenant's records; empty = every tenant
+    # Tenants whose live records and drift events this trainer uses; required with records or
+    # trigger: drift, never "every tenant" (one tenant's traffic must not retrain another's model).
+    tenants: list[str] = field(default_factory=list)
     records_max: int = 20000  # readings of the live history kept per series (older ones rotate out)
     records_idle_seconds: float = 2.0  # the drain ends when no message came for this long
     records_interval_s: int = 3600  # spacing given to live readings (requests carry their order, not their times)
@@ -79,7 +95,7 @@ class TrainConfig:
     broker_password_file: str = ""
     broker_tls_ca_file: str = ""  # set = TLS, verified against this CA
     topic_prefix: str = "ml"
-    client_id: str = ""  # persistent session id; empty = mlserving-trainer-<name>
+    client_id: str = ""  # persistent session id; empty = <broker_username>:trainer-<name> (owned by that login)
     session_expiry_s: int = 1_209_600  # how long the broker keeps the session (and its queue) between runs
 
     @property
@@ -88,7 +104,9 @@ class TrainConfig:
 
     @property
     def session_client_id(self) -> str:
-        return self.client_id or f"mlserving-trainer-{self.model_name}"
+        """Stable, so the session (and its queued records) is resumed; the broker plugin lets only
+        `broker_username` use it, so nobody else can resume, wipe or kick it."""
+        return self.client_id or f"{self.broker_username}{CLIENT_ID_SEPARATOR}trainer-{self.model_name}"
 
     @property
     def uses_broker(self) -> bool:
@@ -120,10 +138,18 @@ class TrainConfig:
             (not self.series or self.series.count("/") == 1, f"series: {self.series!r} must be 'station_id/parameter_id'"),
             (set(self.columns) <= set(STANDARD_COLUMNS), f"columns: keys must be among {list(STANDARD_COLUMNS)}"),
             (2 <= self.window <= 4096, f"window: {self.window} must be 2..4096"),
+            (1 <= self.horizon <= 4096, f"horizon: {self.horizon} must be 1..4096"),
             (0 < self.train_fraction < 1, f"train_fraction: {self.train_fraction} must be in (0, 1)"),
             (0 < self.val_fraction < 1, f"val_fraction: {self.val_fraction} must be in (0, 1)"),
             (self.test_fraction > 0.0, "val_fraction: train_fraction + val_fraction must leave a test split (< 1)"),
             (self.max_gap_fill >= 0, f"max_gap_fill: {self.max_gap_fill} must be >= 0"),
+            (_interval_ok(self.interval), f"interval: {self.interval!r} must be a duration >= 1s like 60s, 30min, 1h"),
+            (self.resample in ("last", "mean"), f"resample: {self.resample!r} is not one of ['last', 'mean']"),
+            (self.time_unit in TIME_UNITS, f"time_unit: {self.time_unit!r} is not one of {list(TIME_UNITS)}"),
+            (self.duplicates in DUPLICATE_RULES, f"duplicates: {self.duplicates!r} is not one of {list(DUPLICATE_RULES)}"),
+            (self.min_windows >= 1, f"min_windows: {self.min_windows} must be >= 1"),
+            (1 <= self.backtest_folds <= 50, f"backtest_folds: {self.backtest_folds} must be 1..50"),
+            (self.gate_baselines in ("all", "naive"), f"gate_baselines: {self.gate_baselines!r} is not one of ['all', 'naive']"),
             (self.epochs >= 1, f"epochs: {self.epochs} must be >= 1"),
             (self.batch_size >= 1, f"batch_size: {self.batch_size} must be >= 1"),
             (self.learning_rate > 0, f"learning_rate: {self.learning_rate} must be > 0"),
@@ -138,17 +164,24 @@ class TrainConfig:
              f"synthetic_shift_days: {self.synthetic_shift_days} must be 0..synthetic_days-1"),
             (0 <= self.gate_margin < 1, f"gate_margin: {self.gate_margin} must be in [0, 1)"),
             (self.trigger in TRIGGERS, f"trigger: {self.trigger!r} is not one of {list(TRIGGERS)}"),
-            (not self.records_tenant or "/" not in self.records_tenant and "+" not in self.records_tenant
-             and "#" not in self.records_tenant, f"records_tenant: {self.records_tenant!r} must be a tenant name"),
+            (isinstance(self.tenants, list)
+             and all(isinstance(t, str) and t and not any(c in t for c in "/+#\0") for t in self.tenants),
+             f"tenants: {self.tenants!r} must be tenant names (no '/', '+', '#')"),
             (self.records_max >= 100, f"records_max: {self.records_max} must be >= 100"),
             (self.records_idle_seconds > 0, f"records_idle_seconds: {self.records_idle_seconds} must be > 0"),
             (self.records_interval_s >= 1, f"records_interval_s: {self.records_interval_s} must be >= 1"),
             (not self.uses_broker or bool(self.broker_host),
              "broker_host: required when records are on or trigger is 'drift'"),
+            (not self.uses_broker or bool(self.tenants),
+             "tenants: required when records are on or trigger is 'drift' (the tenants whose live traffic"
+             " this trainer may use; none is used unless named)"),
             (1 <= self.broker_port <= 65535, f"broker_port: {self.broker_port} must be 1..65535"),
             (bool(self.topic_prefix) and not any(c in self.topic_prefix for c in "+#")
              and not self.topic_prefix.endswith("/"), f"topic_prefix: {self.topic_prefix!r} must be a plain topic"),
             (len(self.session_client_id) <= 64, f"client_id: {self.session_client_id!r} must be at most 64 characters"),
+            (self.session_client_id.startswith(self.broker_username + CLIENT_ID_SEPARATOR),
+             f"client_id: {self.session_client_id!r} must start with '{self.broker_username}{CLIENT_ID_SEPARATOR}'"
+             " (the broker refuses ids its login does not own)"),
             (self.session_expiry_s >= 60, f"session_expiry_s: {self.session_expiry_s} must be >= 60"),
         ]
         for ok, message in checks:
@@ -168,6 +201,14 @@ class TrainConfig:
                 raise ConfigError(f"{key}: unknown setting (from {source}); known: {sorted(known)}")
             values[key] = _coerce(key, raw, known[key].type, source)
         return TrainConfig(**values)
+
+
+def _interval_ok(text: str) -> bool:
+    try:
+        parse_interval(text)
+    except CleaningError:
+        return False
+    return True
 
 
 def _coerce(key: str, raw: Any, type_name: Any, source: str) -> Any:
@@ -193,6 +234,9 @@ def _coerce(key: str, raw: Any, type_name: Any, source: str) -> Any:
             return float(raw)
         if kind == "str":
             return "" if raw is None else str(raw)
+        if kind == "list[str]":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return [str(item).strip() for item in items if str(item).strip()]
         if kind.startswith("list"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return [float(item) for item in items if str(item).strip()]

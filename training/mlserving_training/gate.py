@@ -4,15 +4,21 @@ Candidate, serving version and naive forecast are scored on the SAME holdout: th
 readings of the series the candidate was trained on (its test split), each model with LiteRT
 (what serves) and its own normalisation and window. The candidate passes when
 
-    candidate MAE <= serving MAE x (1 - margin)   (skipped when nothing serves yet)
-    candidate MAE <  naive MAE   x (1 - margin)
+    candidate MAE <= serving MAE  x (1 - margin)   (skipped when nothing serves yet)
+    candidate MAE <  naive MAE    x (1 - margin)
+    candidate MAE <  baseline MAE x (1 - margin)   for every baseline (mlserving_training.baselines:
+                                                    seasonal naives, linear ARs on the same inputs)
 
-A refusal is a normal outcome, not an error: the caller publishes nothing and exits 0.
+MAE here is the mean over the rolling-origin backtest folds of the holdout. Every door applies
+this one gate: the CronJob (`retrain`), and `publish --promote` (`--force` overrides it, logged
+and recorded in the package's metadata.gate). A refusal is a normal outcome, not an error: the
+caller publishes nothing and exits 0.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +67,32 @@ def build_holdout(series: CleanSeries, train_fraction: float, val_fraction: floa
     n = len(series)
     _, start = split_bounds(n, train_fraction, val_fraction)
     targets = np.arange(start + window, n)
-    ok = (series.segment[targets] == series.segment[targets - window]) & ~series.filled[targets]
+    ok = (series.segment[targets] == series.segment[targets - window]) & series.target_ok[targets]
     targets = targets[ok]
     if targets.size == 0:
         raise GateError(f"no holdout windows of {window} readings in the newest {n - start} readings")
     return Holdout(np.asarray(series.values, dtype=np.float64), targets)
 
 
-def package_mae(package_dir: Path, holdout: Holdout) -> float:
-    """MAE in raw units of a package's .tflite on the holdout, run with LiteRT."""
+def package_forecast(package_dir: Path, holdout: Holdout, times: np.ndarray | None = None) -> np.ndarray:
+    """A package's one-step forecasts (raw units; a day-ahead model's first step) for the holdout's
+    targets, run with LiteRT; `times` (the series' times) feeds a calendar model its inputs."""
     metadata = verify_package(package_dir)
-    x = normalize(holdout.windows(metadata.window), metadata.normalization).astype(np.float32)
-    predicted = denormalize(predict_tflite(Path(package_dir) / MODEL_FILE, x), metadata.normalization)
-    return float(np.mean(np.abs(predicted - holdout.actual)))
+    x = normalize(holdout.windows(metadata.window), metadata.normalization)
+    if metadata.calendar:
+        from mlserving_training.features import calendar_inputs
+
+        if times is None:
+            raise GateError(f"{package_dir}: a calendar model needs the readings' times")
+        x = np.hstack([x, calendar_inputs(np.asarray(times)[holdout.targets - 1], metadata.calendar)])
+    predicted = np.asarray(predict_tflite(Path(package_dir) / MODEL_FILE, x.astype(np.float32)))
+    first = predicted if predicted.ndim == 1 else predicted.reshape(len(holdout), -1)[:, 0]
+    return denormalize(first, metadata.normalization)
+
+
+def package_mae(package_dir: Path, holdout: Holdout, times: np.ndarray | None = None) -> float:
+    """MAE in raw units of a package's .tflite on the holdout, run with LiteRT."""
+    return float(np.mean(np.abs(package_forecast(package_dir, holdout, times) - holdout.actual)))
 
 
 def naive_mae(holdout: Holdout) -> float:
@@ -92,6 +111,10 @@ class GateDecision:
     serving_version: str | None
     margin: float
     windows: int
+    #: Backtest MAE of every baseline the candidate had to beat (naive included), by name.
+    baselines: dict[str, float] = field(default_factory=dict)
+    #: Promoted although refused (`publish --promote --force`); on record in metadata.gate.
+    forced: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,10 +124,11 @@ class GateDecision:
             f"serving {self.serving_version} MAE {self.serving_mae:.4f}" if self.serving_mae is not None
             else "nothing serving yet"
         )
-        verdict = "PASS" if self.passed else "REFUSED"
+        verdict = "FORCED" if self.forced else "PASS" if self.passed else "REFUSED"
+        others = "".join(f" | {name} {mae:.4f}" for name, mae in self.baselines.items() if name != "naive")
         return (
             f"gate {verdict}: candidate MAE {self.candidate_mae:.4f} | {serving} | naive MAE {self.naive_mae:.4f}"
-            f" | margin {self.margin:g} | {self.windows} holdout windows | {self.reason}"
+            f"{others} | margin {self.margin:g} | {self.windows} holdout windows | {self.reason}"
         )
 
 
@@ -115,25 +139,32 @@ def decide(
     margin: float,
     serving_version: str | None = None,
     windows: int = 0,
+    baselines: Mapping[str, float] | None = None,
 ) -> GateDecision:
-    """Apply the two rules; the reason names the rule that failed, or both that passed."""
+    """Apply the rules; the reason names the rule that failed (the best baseline to serve instead),
+    or what passed. `baselines`: the other baselines' MAE by name (naive is always one)."""
     factor = 1.0 - margin
+    every = {"naive": naive, **{k: float(v) for k, v in (baselines or {}).items() if k != "naive"}}
+
+    def outcome(passed: bool, reason: str) -> GateDecision:
+        return GateDecision(passed, reason, candidate, naive, serving, serving_version, margin, windows, every)
+
     naive_limit = naive * factor
-    if not candidate < naive_limit:
-        reason = f"does not beat naive: {candidate:.4f} >= {naive:.4f} x {factor:g} = {naive_limit:.4f}"
-        return GateDecision(False, reason, candidate, naive, serving, serving_version, margin, windows)
+    beaten_by = {name: mae for name, mae in every.items() if not candidate < mae * factor}
+    if beaten_by:
+        best = min(beaten_by, key=beaten_by.get)
+        limit = beaten_by[best] * factor
+        return outcome(False, (
+            f"does not beat {', '.join(beaten_by)}: {candidate:.4f} >= {best} {beaten_by[best]:.4f} x {factor:g}"
+            f" = {limit:.4f}; serve the {best} baseline instead"))
     if serving is None:
-        reason = f"beats naive ({candidate:.4f} < {naive_limit:.4f}); no version serving yet"
-        return GateDecision(True, reason, candidate, naive, serving, serving_version, margin, windows)
+        return outcome(True, f"beats naive ({candidate:.4f} < {naive_limit:.4f}) and every baseline"
+                             f" ({len(every)}); no version serving yet")
     serving_limit = serving * factor
     if not candidate <= serving_limit:
-        reason = (
+        return outcome(False, (
             f"not better than serving {serving_version}: {candidate:.4f} > {serving:.4f} x {factor:g}"
-            f" = {serving_limit:.4f}"
-        )
-        return GateDecision(False, reason, candidate, naive, serving, serving_version, margin, windows)
-    reason = (
+            f" = {serving_limit:.4f}"))
+    return outcome(True, (
         f"beats serving {serving_version} ({candidate:.4f} <= {serving_limit:.4f}) and naive"
-        f" ({candidate:.4f} < {naive_limit:.4f})"
-    )
-    return GateDecision(True, reason, candidate, naive, serving, serving_version, margin, windows)
+        f" ({candidate:.4f} < {naive_limit:.4f}) and every baseline ({len(every)})"))

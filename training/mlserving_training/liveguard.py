@@ -73,8 +73,11 @@ class ShadowVerdict:
         return dict(self.__dict__)
 
 
-def _combined(samples: list[Sample], model: str, role: str, version: str | None) -> tuple[float | None, int, list[str]]:
-    """Scored-weighted MAE over every tenant/replica series of (model, role[, version])."""
+def _combined(
+    samples: list[Sample], model: str, role: str, version: str | None, tenants: Iterable[str] | None = None
+) -> tuple[float | None, int, list[str]]:
+    """Scored-weighted MAE over every replica series of (model, role[, version]) of `tenants` (None: all)."""
+    wanted = set(tenants) if tenants else None
     scored: dict[tuple[str, ...], float] = {}
     for s in samples:
         if s.name == SCORED:
@@ -83,6 +86,8 @@ def _combined(samples: list[Sample], model: str, role: str, version: str | None)
     for s in samples:
         labels = s.labels
         if s.name != MAE or labels.get("model") != model or labels.get("role") != role:
+            continue
+        if wanted is not None and labels.get("tenant") not in wanted:
             continue
         if version is not None and labels.get("version") != version:
             continue
@@ -95,11 +100,13 @@ def _combined(samples: list[Sample], model: str, role: str, version: str | None)
     return (total / weight if weight else None), weight, sorted(versions)
 
 
-def compare_shadow(samples: list[Sample], model: str, version: str, min_scored: int, margin: float) -> ShadowVerdict:
+def compare_shadow(
+    samples: list[Sample], model: str, version: str, min_scored: int, margin: float, tenants: Iterable[str] | None = None
+) -> ShadowVerdict:
     """Pass when `version` (role=shadow) has >= min_scored scored forecasts, so has the serving
-    version, and shadow MAE < serving MAE x (1 - margin)."""
-    shadow, shadow_n, _ = _combined(samples, model, "shadow", version)
-    serving, serving_n, serving_versions = _combined(samples, model, "serving", None)
+    version, and shadow MAE < serving MAE x (1 - margin); with `tenants`, on their figures only."""
+    shadow, shadow_n, _ = _combined(samples, model, "shadow", version, tenants)
+    serving, serving_n, serving_versions = _combined(samples, model, "serving", None, tenants)
     if shadow is None:
         raise GuardError(f"no live figures for {model} {version} in shadow: configure tenants.<t>.shadow.{model}: {version}")
     if serving is None:

@@ -39,21 +39,52 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build_model(kind: str, window: int, units: int = 32) -> Any:
+def build_model(kind: str, window: int, units: int = 32, horizon: int = 1, extra_inputs: int = 0) -> Any:
+    """Input (batch, window + extra_inputs): the window, then calendar features; output (batch, horizon).
+
+    `linear` is one Dense layer on the whole input row: the linear autoregression baseline,
+    exported and served like the others (its weights come from `fit_linear`, not from Adam).
+    """
     import keras
 
-    inputs = keras.Input(shape=(window,), name="window")
+    inputs = keras.Input(shape=(window + extra_inputs,), name="window")
     if kind == "lstm":
-        x = keras.layers.Reshape((window, 1), name="steps")(inputs)
+        readings = inputs if not extra_inputs else keras.layers.Lambda(lambda t: t[:, :window], name="readings")(inputs)
+        x = keras.layers.Reshape((window, 1), name="steps")(readings)
         x = keras.layers.LSTM(units, return_sequences=True, unroll=True, name="lstm_1")(x)
         x = keras.layers.LSTM(units, unroll=True, name="lstm_2")(x)
+        if extra_inputs:
+            extra = keras.layers.Lambda(lambda t: t[:, window:], name="calendar")(inputs)
+            x = keras.layers.Concatenate(name="with_calendar")([x, extra])
     elif kind == "ann":
         x = keras.layers.Dense(2 * units, activation="relu", name="dense_1")(inputs)
         x = keras.layers.Dense(units, activation="relu", name="dense_2")(x)
+    elif kind == "linear":
+        x = inputs
     else:
-        raise ValueError(f"model: unknown kind {kind!r} (lstm or ann)")
-    outputs = keras.layers.Dense(1, name="next")(x)
+        raise ValueError(f"model: unknown kind {kind!r} (lstm, ann or linear)")
+    outputs = keras.layers.Dense(horizon, name="next")(x)
     return keras.Model(inputs, outputs, name=kind)
+
+
+def fit_linear(model: Any, data: Dataset) -> TrainOutcome:
+    """Ordinary least squares (with intercept) on the training split, set as the Dense layer's weights.
+
+    Closed form, so the baseline is the best linear AR on these inputs rather than whatever a
+    few epochs of Adam reach, and the same data always gives the same weights.
+    """
+    started, cpu_started = time.perf_counter(), time.process_time()
+    x = np.asarray(data.train.inputs, dtype=np.float64)
+    y = np.asarray(data.train.y, dtype=np.float64).reshape(len(x), -1)
+    design = np.hstack([x, np.ones((len(x), 1))])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    model.get_layer("next").set_weights([coef[:-1].astype(np.float32), coef[-1].astype(np.float32)])
+    val_x = np.asarray(data.val.inputs, dtype=np.float64)
+    val_y = np.asarray(data.val.y, dtype=np.float64).reshape(len(val_x), -1)
+    val_loss = float(np.mean((np.hstack([val_x, np.ones((len(val_x), 1))]) @ coef - val_y) ** 2))
+    train_loss = float(np.mean((design @ coef - y) ** 2))
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return TrainOutcome(1, 1, val_loss, seconds, cpu_seconds, {"loss": [train_loss], "val_loss": [val_loss]})
 
 
 def _epoch_printer(total: int, emit: Callable[[str], None]) -> Any:
@@ -97,9 +128,9 @@ def train_model(
         )
     started, cpu_started = time.perf_counter(), time.process_time()
     history = model.fit(
-        data.train.x,
+        data.train.inputs,
         data.train.y,
-        validation_data=(data.val.x, data.val.y),
+        validation_data=(data.val.inputs, data.val.y),
         epochs=epochs,
         batch_size=batch_size,
         shuffle=True,
@@ -115,4 +146,5 @@ def train_model(
 
 def predict(model: Any, x: Any) -> Any:
     """Direct call rather than model.predict: no tf.function tracing for a one-off batch."""
-    return np.array(model(np.asarray(x, dtype=np.float32), training=False), dtype=np.float32).reshape(-1)
+    out = np.array(model(np.asarray(x, dtype=np.float32), training=False), dtype=np.float32).reshape(len(x), -1)
+    return out[:, 0].copy() if out.shape[1] == 1 else out

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,14 @@ from mlserving_common.package import (
 )
 from mlserving_common.logs import event
 from mlserving_common.registry import Registry, open_registry
+from mlserving_training import baselines as baselines_mod
 from mlserving_training import data as data_mod
-from mlserving_training.cleaning import CleaningReport, clean_series
+from mlserving_training.cleaning import CleaningReport, CleanSeries, clean_series
 from mlserving_training.config import TrainConfig
-from mlserving_training.evaluate import beats_naive, naive_forecast, split_metrics
-from mlserving_training.features import SPLITS, Dataset, Split, build_dataset, denormalize, make_windows, normalize
+from mlserving_training.evaluate import beats_naive, horizon_metrics, naive_forecast, seasonal_scale, split_metrics
+from mlserving_training.features import (
+    SPLITS, Dataset, Split, build_dataset, calendar_inputs, denormalize, make_windows, normalize, split_bounds,
+)
 from mlserving_training.generate import generate_bts
 from mlserving_training.runtime import predict_tflite
 from mlserving_training.stats import input_stats
@@ -67,11 +70,41 @@ def load_data(config: TrainConfig, emit: Emit = print) -> data_mod.RawData:
     return data_mod.from_frame(frame, source)
 
 
+def clean_rows(settings: Mapping[str, Any], rows: Any) -> tuple[CleanSeries, CleaningReport]:
+    """Clean one series' rows with the cleaning settings of a TrainConfig (or a package's recorded
+    config): training, the gate and `evaluate` must see the same grid, or their figures differ."""
+    interval = settings.get("interval", "")
+    return clean_series(
+        rows,
+        settings.get("sentinels", [999999.0, -999999.0]),
+        settings.get("max_gap_fill", 3),
+        interval_s=interval or None,
+        time_unit=settings.get("time_unit", "auto"),
+        duplicates=settings.get("duplicates", "last"),
+        resample=settings.get("resample", "last") if interval else "",
+    )
+
+
+def window_lines(dataset: Dataset, window: int, min_windows: int) -> list[str]:
+    """Windows per split, and a warning for each split with too few to judge a model on."""
+    counts = {name: len(dataset.split(name)) for name in SPLITS}
+    lines = ["windows: " + ", ".join(f"{name} {count}" for name, count in counts.items()) + f" (window {window})"]
+    for name, count in counts.items():
+        if count < min_windows:
+            lines.append(
+                f"WARNING: {name} split has only {count} window(s) (< min_windows {min_windows}):"
+                " too few to judge a model; use more data, a smaller window or a coarser --interval"
+            )
+    return lines
+
+
 def prepare(config: TrainConfig, raw: data_mod.RawData) -> tuple[str, int, Dataset, CleaningReport]:
     """Select, clean and window one series; returns (series id, its raw row count, dataset, report)."""
     series_id, rows = data_mod.select_series(raw, config.series)
-    series, report = clean_series(rows, config.sentinels, config.max_gap_fill)
-    dataset = build_dataset(series, config.window, config.train_fraction, config.val_fraction)
+    series, report = clean_rows(config.to_dict(), rows)
+    dataset = build_dataset(
+        series, config.window, config.train_fraction, config.val_fraction, config.horizon, config.calendar
+    )
     return series_id, len(rows), dataset, report
 
 
@@ -98,7 +131,7 @@ def _framework_versions() -> dict[str, str]:
 def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None = None) -> TrainResult:
     """CSV -> clean -> features -> fit -> TFLite -> parity -> metrics -> package (version v0)."""
     from mlserving_training.export import check_parity, to_tflite
-    from mlserving_training.models import build_model, predict, seed_everything, train_model
+    from mlserving_training.models import build_model, fit_linear, predict, seed_everything, train_model
 
     config.validate()
     raw = raw or load_data(config, emit)
@@ -106,32 +139,49 @@ def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None 
     emit(f"series {series_id}: {series_rows} of {raw.rows} rows in {raw.source}")
     for line in report.lines():
         emit(line)
-    emit(
-        "windows: " + ", ".join(f"{name} {len(dataset.split(name))}" for name in SPLITS)
-        + f" (window {config.window}); normalisation mean={dataset.normalization.mean:.4f}"
-        f" std={dataset.normalization.std:.4f}"
-    )
+    for line in window_lines(dataset, config.window, config.min_windows):
+        emit(line)
+    emit(f"normalisation: mean={dataset.normalization.mean:.4f} std={dataset.normalization.std:.4f}")
 
     seed_everything(config.seed)
-    model = build_model(config.model, config.window, config.units)
-    emit(f"training {config.model} ({model.count_params()} parameters) for up to {config.epochs} epochs")
-    outcome = train_model(
-        model, dataset, config.epochs, config.batch_size, config.learning_rate, config.patience, emit
-    )
+    extra = dataset.train.inputs.shape[1] - config.window
+    model = build_model(config.model, config.window, config.units, config.horizon, extra)
+    shape = f"window {config.window}" + (f" + {extra} calendar inputs" if extra else "") + f" -> {config.horizon} step(s)"
+    if config.model == "linear":
+        emit(f"fitting linear AR ({model.count_params()} parameters, {shape}) by least squares")
+        outcome = fit_linear(model, dataset)
+    else:
+        emit(f"training {config.model} ({model.count_params()} parameters, {shape}) for up to {config.epochs} epochs")
+        outcome = train_model(
+            model, dataset, config.epochs, config.batch_size, config.learning_rate, config.patience, emit
+        )
     emit(f"trained in {outcome.seconds:.1f}s ({outcome.cpu_seconds:.1f}s CPU); best epoch {outcome.best_epoch} val_loss={outcome.best_val_loss:.6f}")
 
     model_bytes = to_tflite(model)
-    parity = check_parity(predict(model, dataset.test.x), model_bytes, dataset.test.x, config.tolerance)
+    parity = check_parity(predict(model, dataset.test.inputs), model_bytes, dataset.test.inputs, config.tolerance)
     emit(f"tflite: {len(model_bytes)} bytes; max |tflite - keras| on {parity.windows} test windows = {parity.max_abs_diff:.3g}")
 
     # Metrics come from the TFLite model: that is what will serve.
+    predictions = {name: predict_tflite(model_bytes, dataset.split(name).inputs) for name in ("val", "test")}
     metrics: dict[str, Any] = {
-        name: split_metrics(dataset.split(name), predict_tflite(model_bytes, dataset.split(name).x), dataset.normalization)
-        for name in ("val", "test")
+        name: split_metrics(dataset.split(name), predictions[name], dataset.normalization) for name in ("val", "test")
     }
+    if config.horizon > 1:
+        period = _seasonal_period(report.interval_s)
+        scale = seasonal_scale(series_values_train(dataset), period)
+        for name in ("val", "test"):
+            metrics[name]["horizon"] = horizon_metrics(
+                dataset.split(name), predictions[name], dataset.normalization, scale, period
+            )
     metrics["beats_naive"] = beats_naive(metrics["test"])
     metrics["units"] = "raw"
     _emit_metrics(metrics, emit)
+    metrics["baselines"] = compare_baselines(config, raw, series_id, dataset, predictions["test"])
+    passed, verdict = baselines_mod.verdict(metrics["baselines"], config.gate_margin, config.model)
+    metrics["verdict"] = {"beats_every_baseline": passed, "reason": verdict, "margin": config.gate_margin}
+    for line in baselines_mod.table_lines(metrics["baselines"]):
+        emit(line)
+    emit(f"verdict: {verdict}")
 
     metadata = Metadata(
         name=config.model_name,
@@ -139,8 +189,8 @@ def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None 
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         window=config.window,
         normalization=dataset.normalization,
-        input=TensorSpec([-1, config.window]),
-        output=TensorSpec([-1, 1]),
+        input=TensorSpec([-1, dataset.train.inputs.shape[1]]),
+        output=TensorSpec([-1, config.horizon]),
         model_sha256=hashlib.sha256(model_bytes).hexdigest(),
         series_id=series_id,
         metrics=metrics,
@@ -159,6 +209,8 @@ def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None 
         },
         framework=_framework_versions(),
         parity=parity.to_dict(),
+        horizon=config.horizon,
+        calendar=dict(dataset.calendar or {}),
     )
     out = config.out_dir
     write_package(out, model_bytes, metadata)
@@ -171,9 +223,42 @@ def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None 
     emit(f"package written: {out} (version {UNPUBLISHED_VERSION}, publish it to get a version)")
     plot_path = config.plot_path
     if plot_path is not None:
-        _plot_test(dataset, predict_tflite(model_bytes, dataset.test.x), plot_path, f"{config.model_name} on {series_id}")
+        _plot_test(dataset, predictions["test"], plot_path, f"{config.model_name} on {series_id}")
         emit(f"plot written: {plot_path}")
     return TrainResult(out, metadata, report, plot_path)
+
+
+def _seasonal_period(interval_s: float) -> int:
+    """MASE's season in readings: a week, or a day (the trainer falls back to lag 1 if the
+    training split is shorter than two seasons)."""
+    if interval_s <= 0:
+        return 1
+    week, day = round(7 * 86400 / interval_s), round(86400 / interval_s)
+    return max(week, 1) if week >= 2 else max(day, 1)
+
+
+def series_values_train(dataset: Dataset) -> np.ndarray:
+    """The training split's readings in raw units, in order (each window's oldest reading, then the
+    last window's tail): what the in-sample seasonal naive of MASE is computed on."""
+    train = dataset.train
+    readings = np.concatenate([train.x[:, 0], train.x[-1, 1:]])
+    return denormalize(readings, dataset.normalization)
+
+
+def compare_baselines(
+    config: TrainConfig, raw: data_mod.RawData, series_id: str, dataset: Dataset, test_predictions: np.ndarray
+) -> dict[str, Any]:
+    """The model's test-split forecasts next to every baseline on the same targets, with a backtest."""
+    _, rows = data_mod.select_series(raw, series_id)
+    series, _ = clean_rows(config.to_dict(), rows)
+    _, b = split_bounds(len(series), config.train_fraction, config.val_fraction)
+    targets = np.searchsorted(series.times, dataset.test.times)
+    predicted = np.asarray(test_predictions)
+    forecast = denormalize(predicted if predicted.ndim == 1 else predicted[:, 0], dataset.normalization)
+    comparison = baselines_mod.compare(
+        series, targets, config.window, b, forecast, dataset.calendar, config.backtest_folds
+    )
+    return comparison.to_dict()
 
 
 def _emit_metrics(metrics: dict[str, Any], emit: Emit) -> None:
@@ -183,6 +268,12 @@ def _emit_metrics(metrics: dict[str, Any], emit: Emit) -> None:
             emit(
                 f"{name}: MAE {m['mae']:.4f} RMSE {m['rmse']:.4f} | naive MAE {m['naive_mae']:.4f}"
                 f" RMSE {m['naive_rmse']:.4f} | MAE/naive {m['mae_vs_naive']:.3f} ({m['windows']} windows)"
+            )
+        if name in metrics and "horizon" in metrics[name]:
+            h = metrics[name]["horizon"]
+            emit(
+                f"{name}: {h['steps']}-step MASE mean {h['mase_mean']:.3f} (period {h['mase_period']} readings);"
+                f" per step {' '.join(f'{v:.2f}' for v in h['mase'])}"
             )
     if "beats_naive" in metrics:
         emit(f"beats naive on test: {'yes' if metrics['beats_naive'] else 'NO'}")
@@ -216,8 +307,8 @@ def _plot_test(dataset: Dataset, predictions: np.ndarray, path: Path, title: str
     test = dataset.test
     plot_forecasts(
         test.times,
-        denormalize(test.y, norm),
-        denormalize(predictions, norm),
+        denormalize(test.y_first, norm),
+        denormalize(predictions if predictions.ndim == 1 else predictions[:, 0], norm),
         denormalize(naive_forecast(test.x), norm),
         path,
         title,
@@ -231,7 +322,7 @@ def evaluate_package(
     metadata = verify_package(package_dir)
     recorded = metadata.training.get("config", {})
     series_id, rows = data_mod.select_series(raw, series or metadata.series_id)
-    clean, _ = clean_series(rows, recorded.get("sentinels", [999999.0, -999999.0]), recorded.get("max_gap_fill", 3))
+    clean, _ = clean_rows(recorded, rows)
     if split == "test":
         from mlserving_training.features import split_bounds
 
@@ -239,11 +330,12 @@ def evaluate_package(
     else:
         b = 0
     scaled = normalize(clean.values[b:], metadata.normalization)
-    x, y, idx = make_windows(scaled, clean.segment[b:], metadata.window, ~clean.filled[b:])
+    x, y, idx = make_windows(scaled, clean.segment[b:], metadata.window, clean.target_ok[b:], metadata.horizon)
     if len(y) == 0:
         raise data_mod.DataError(f"series {series_id}: no windows of {metadata.window} readings to evaluate")
-    target = Split(x, y, clean.times[b:][idx], int(clean.times[b]), int(clean.times[-1]))
-    result = split_metrics(target, predict_tflite(Path(package_dir) / MODEL_FILE, x), metadata.normalization)
+    times = clean.times[b:]
+    target = Split(x, y, times[idx], int(clean.times[b]), int(clean.times[-1]), calendar_inputs(times[idx - 1], metadata.calendar))
+    result = split_metrics(target, predict_tflite(Path(package_dir) / MODEL_FILE, target.inputs), metadata.normalization)
     result["beats_naive"] = beats_naive(result)
     emit(
         f"{metadata.name} {metadata.version} on {series_id} ({split}): MAE {result['mae']:.4f} RMSE {result['rmse']:.4f}"

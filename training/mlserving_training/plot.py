@@ -34,3 +34,32 @@ def plot_forecasts(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_candidates(
+    times: np.ndarray, actual: np.ndarray, lines: dict[str, np.ndarray], path: Path, title: str, last: int = 336,
+) -> Path:
+    """PNG of actuals and any number of forecasts (models and baselines) over the last `last` targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sl = slice(-last, None)
+    t = np.asarray(times)[sl]
+    hours = (t - t[0]) / 3600.0
+    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=100)
+    ax.plot(hours, np.asarray(actual)[sl], label="actual", color="black", linewidth=1.4)
+    for name, values in lines.items():
+        ax.plot(hours, np.asarray(values)[sl], label=name, linewidth=0.9, alpha=0.85)
+    ax.set_xlabel("hours into the plotted backtest range")
+    ax.set_ylabel("value")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -15,8 +15,12 @@ readings (window k+1 repeats window k shifted by one or more readings). Runs fro
 servers are then joined where they overlap exactly. Runs that overlap nothing stay separate
 segments, which cleaning treats as gaps that no training window crosses.
 
+Isolation: a series is (tenant, series_id), never a series_id alone: two tenants' readings under
+one id are two series. The trainer subscribes only to the records of the tenants its config names
+(`tenants`), keeps only records of its own model, and counts drift events only of those tenants.
+
 The stitched history is kept, bounded to `records_max` readings per series (oldest rotate out),
-as a retained message `<prefix>/_trainer/<name>/history/<series_id>` on the same broker.
+as a retained message `<prefix>/_trainer/<name>/history/<tenant>/<series_id>` on the same broker.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ from mlserving_training.config import ConfigError, TrainConfig
 Emit = Callable[[str], None]
 log = logging.getLogger("mlserving.training.records")
 Window = tuple[float, ...]
+#: (tenant, series_id): the identity of a live series
+SeriesKey = tuple[str, str]
+
+
+def series_label(key: SeriesKey) -> str:
+    """`tenant:series_id` for logs and messages (tenant names hold no ':')."""
+    return f"{key[0]}:{key[1]}"
 
 
 class RecordsError(RuntimeError):
@@ -62,6 +73,10 @@ class SeriesHistory:
 
     segments: list[list[float]] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
+    #: whose series this is; a retained history without a tenant (written before tenant isolation)
+    #: is not trusted: it may mix tenants
+    tenant: str = ""
+    series_id: str = ""
 
     @property
     def readings(self) -> int:
@@ -101,7 +116,8 @@ class SeriesHistory:
         return dropped
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"v": 1, "segments": self.segments, "ends": self.ends})
+        return orjson.dumps({"v": 2, "tenant": self.tenant, "series_id": self.series_id,
+                             "segments": self.segments, "ends": self.ends})
 
     @classmethod
     def from_json(cls, payload: bytes) -> SeriesHistory:
@@ -110,7 +126,9 @@ class SeriesHistory:
             raise ValueError("not a series history")
         segments = [[float(v) for v in s] for s in body["segments"]]
         ends = [float(t) for t in body.get("ends", [])]
-        return cls(segments, ends if len(ends) == len(segments) else [0.0] * len(segments))
+        tenant, series_id = body.get("tenant", ""), body.get("series_id", "")
+        return cls(segments, ends if len(ends) == len(segments) else [0.0] * len(segments),
+                   tenant if isinstance(tenant, str) else "", series_id if isinstance(series_id, str) else "")
 
 
 #: (source, order within the source, index within the request, window)
@@ -202,24 +220,30 @@ def history_rows(
 # --------------------------------------------------------------------------------------------
 
 
-def history_topic(config: TrainConfig, series_id: str = "") -> str:
+def history_topic(config: TrainConfig, key: SeriesKey | None = None) -> str:
+    """Retained history of one (tenant, series), or the filter of all of them (key None)."""
     base = f"{config.topic_prefix}/_trainer/{config.model_name}/history"
-    return f"{base}/{protocol.topic_level(series_id)}" if series_id else f"{base}/#"
+    return f"{base}/{key[0]}/{protocol.topic_level(key[1])}" if key else f"{base}/#"
 
 
 @dataclass
 class Drained:
-    """What one drain brought: live histories per series (merged, trimmed) and drift events."""
+    """What one drain brought: live histories per (tenant, series) (merged, trimmed) and drift
+    events; `ignored` counts records left out (another tenant, another model, unreadable)."""
 
-    histories: dict[str, SeriesHistory]
-    new_windows: dict[str, int]
+    histories: dict[SeriesKey, SeriesHistory]
+    new_windows: dict[SeriesKey, int]
     drift_events: list[dict[str, Any]]
     messages: int
-    rotated: dict[str, int]
+    rotated: dict[SeriesKey, int]
     session_present: bool
+    ignored: dict[str, int] = field(default_factory=dict)
 
-    def drift_for(self, model: str) -> list[dict[str, Any]]:
-        return [e for e in self.drift_events if e.get("model") == model and e.get("drift", 1)]
+    def drift_for(self, model: str, tenants: Iterable[str]) -> list[dict[str, Any]]:
+        """Drift turned on for `model` by one of `tenants`: another tenant's drift never triggers."""
+        wanted = set(tenants)
+        return [e for e in self.drift_events
+                if e.get("model") == model and e.get("tenant") in wanted and e.get("drift", 1)]
 
 
 def _password(config: TrainConfig) -> str | None:
@@ -246,7 +270,7 @@ class _Session:
         self.suback: dict[int, list[Any]] = {}
         self.last_message = time.monotonic()
         self.records: list[tuple[str, dict[str, Any]]] = []
-        self.histories: dict[str, bytes] = {}
+        self.histories: dict[str, bytes] = {}  # topic -> retained payload
         self.events: list[dict[str, Any]] = []
         self.messages = 0
         self.bad = 0
@@ -295,8 +319,7 @@ class _Session:
                     if isinstance(body, dict):
                         self.events.append({**body, "_topic": topic})
                 elif topic.startswith(f"{prefix}/_trainer/"):
-                    series_id = topic.split("/history/", 1)[-1]
-                    self.histories[series_id] = bytes(message.payload)
+                    self.histories[topic] = bytes(message.payload)
             except (ValueError, orjson.JSONDecodeError):
                 self.bad += 1
 
@@ -372,55 +395,100 @@ def drain(config: TrainConfig, emit: Emit = print) -> Drained:
         # Records are subscribed only when used: a subscription nobody drains would fill the queue.
         filters = [(protocol.events_topic("drift", config.topic_prefix), False)]
         if config.records:
-            filters.append((protocol.records_filter(config.records_tenant, config.series, config.topic_prefix), False))
+            # One filter per tenant named: nobody else's records are even delivered.
+            filters += [(protocol.records_filter(tenant, config.series, config.topic_prefix), False)
+                        for tenant in config.tenants]
             filters.append((history_topic(config), True))
         session.subscribe(filters)
         session.wait_idle(config.records_idle_seconds, started_wall)
         with session._cond:
             records, events, histories_raw = list(session.records), list(session.events), dict(session.histories)
             messages, bad = session.messages, session.bad
-        histories: dict[str, SeriesHistory] = {}
-        for series_id, payload in histories_raw.items():
-            try:
-                histories[series_id] = SeriesHistory.from_json(payload)
-            except (ValueError, orjson.JSONDecodeError):
-                event(log, "history unreadable, starting over", logging.WARNING, series_id=series_id)
-        by_series: dict[str, list[Record]] = {}
-        for _, record in records:
-            source = str(record.get("src", ""))
-            order = float(record["seq"]) if isinstance(record.get("seq"), (int, float)) else float(record["t"])
-            for index, window in enumerate(record["windows"]):
-                by_series.setdefault(record["series_id"], []).append((source, order, index, tuple(window)))
-        rotated: dict[str, int] = {}
+        histories = _load_histories(config, histories_raw)
+        by_series, ignored = _select_records(config, records)
+        ignored["unreadable"] = bad
+        rotated: dict[SeriesKey, int] = {}
         if config.records:
-            for series_id, items in by_series.items():
-                history = stitch(histories.setdefault(series_id, SeriesHistory()), items)
-                rotated[series_id] = history.trim(config.records_max)
-                session.publish_retained(history_topic(config, series_id), history.to_json())
+            for key, items in by_series.items():
+                history = histories.setdefault(key, SeriesHistory(tenant=key[0], series_id=key[1]))
+                stitch(history, items)
+                rotated[key] = history.trim(config.records_max)
+                session.publish_retained(history_topic(config, key), history.to_json())
     finally:
         session.close()
     result = Drained(histories, {k: len(v) for k, v in by_series.items()}, events, messages, rotated,
-                     session.session_present)
+                     session.session_present, ignored)
+    new_windows = {series_label(k): n for k, n in sorted(result.new_windows.items())}
     event(
         log, "records drained", client_id=config.session_client_id, session_present=session.session_present,
-        messages=messages, unreadable=bad, new_windows=result.new_windows, drift_events=len(events),
-        readings={k: h.readings for k, h in histories.items()}, rotated_out=rotated,
+        tenants=config.tenants, messages=messages, ignored=ignored, new_windows=new_windows,
+        drift_events=len(events), readings={series_label(k): h.readings for k, h in histories.items()},
+        rotated_out={series_label(k): n for k, n in rotated.items()},
     )
     emit(
         f"records: session {config.session_client_id} ({'resumed' if session.session_present else 'new'}),"
-        f" {messages} messages, new windows {result.new_windows or '{}'}, {len(events)} drift event(s);"
-        f" live history " + (", ".join(f"{k}: {h.readings} readings" for k, h in sorted(histories.items())) or "empty")
+        f" tenants {', '.join(config.tenants) or '-'}, {messages} messages, new windows {new_windows or '{}'},"
+        f" ignored {ignored}, {len(events)} drift event(s); live history "
+        + (", ".join(f"{series_label(k)}: {h.readings} readings" for k, h in sorted(histories.items())) or "empty")
     )
     return result
 
 
+def _load_histories(config: TrainConfig, raw: dict[str, bytes]) -> dict[SeriesKey, SeriesHistory]:
+    """Retained histories of the tenants this trainer serves; ones without a tenant are dropped
+    (written before tenant isolation, they may mix two tenants' readings)."""
+    histories: dict[SeriesKey, SeriesHistory] = {}
+    for topic, payload in raw.items():
+        if not payload:  # a cleared retained message
+            continue
+        try:
+            history = SeriesHistory.from_json(payload)
+        except (ValueError, orjson.JSONDecodeError):
+            event(log, "history unreadable, starting over", logging.WARNING, topic=topic)
+            continue
+        if not history.tenant or not history.series_id:
+            event(log, "history without a tenant ignored, starting over", logging.WARNING, topic=topic)
+            continue
+        if history.tenant in config.tenants:
+            histories[(history.tenant, history.series_id)] = history
+    return histories
+
+
+def _select_records(
+    config: TrainConfig, records: list[tuple[str, dict[str, Any]]]
+) -> tuple[dict[SeriesKey, list[Record]], dict[str, int]]:
+    """Records of this trainer's tenants and model only, grouped by (tenant, series_id).
+
+    The tenant is the topic's (the broker's ACL decides who may publish there) and must match
+    the payload's; the model is the registry name the server answered with.
+    """
+    prefix = f"{config.topic_prefix}/_records/"
+    wanted = set(config.tenants)
+    ignored = {"other_tenant": 0, "other_model": 0}
+    by_series: dict[SeriesKey, list[Record]] = {}
+    for topic, record in records:
+        tenant = topic[len(prefix):].split("/", 1)[0] if topic.startswith(prefix) else ""
+        if tenant not in wanted or record.get("tenant") != tenant:
+            ignored["other_tenant"] += 1
+            continue
+        if record.get("model") != config.model_name:
+            ignored["other_model"] += 1
+            continue
+        source = str(record.get("src", ""))
+        order = float(record["seq"]) if isinstance(record.get("seq"), (int, float)) else float(record["t"])
+        items = by_series.setdefault((tenant, record["series_id"]), [])
+        for index, window in enumerate(record["windows"]):
+            items.append((source, order, index, tuple(window)))
+    return by_series, ignored
+
+
 def live_frame_rows(
-    config: TrainConfig, drained: Drained, series_id: str, after: int | None
+    config: TrainConfig, drained: Drained, key: SeriesKey, after: int | None
 ) -> list[tuple[str, str, int, str]]:
-    """Rows of the live history of `series_id`, placed after time `after` (the bootstrap data's end)."""
-    history = drained.histories.get(series_id)
+    """Rows of the live history of (tenant, series_id), placed after time `after` (the bootstrap data's end)."""
+    history = drained.histories.get(key)
     if history is None or not history.segments:
         return []
     gap = config.max_gap_fill + 2
     start = (after + gap * config.records_interval_s) if after is not None else 0
-    return history_rows(series_id, history, start, config.records_interval_s, gap)
+    return history_rows(key[1], history, start, config.records_interval_s, gap)

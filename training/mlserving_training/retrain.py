@@ -8,21 +8,23 @@ candidate refused by the gate is a normal outcome (exit 0), errors are not.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlserving_common.logs import event
-from mlserving_common.package import read_metadata
+from mlserving_common.package import METADATA_FILE, Metadata, read_metadata
 from mlserving_common.registry import open_registry
+from mlserving_training import baselines as baselines_mod
 from mlserving_training import data as data_mod
 from mlserving_training import records as records_mod
-from mlserving_training.cleaning import clean_series
 from mlserving_training.config import STANDARD_COLUMNS, TrainConfig
-from mlserving_training.gate import GateDecision, build_holdout, decide, naive_mae, package_mae
-from mlserving_training.pipeline import Emit, TrainResult, evaluate_package, load_data, publish, train
+from mlserving_training.features import split_bounds
+from mlserving_training.gate import GateDecision, GateError, build_holdout, decide, package_forecast
+from mlserving_training.pipeline import Emit, TrainResult, clean_rows, evaluate_package, load_data, publish, train
 
 log = logging.getLogger("mlserving.training.retrain")
 
@@ -49,17 +51,19 @@ def load_training_data(config: TrainConfig, drained: records_mod.Drained | None,
     base = data_mod.load_csv(config.data, config.columns) if config.data else None
     series_id = config.series
     if not series_id:
-        candidates = data_mod.list_series(base) if base is not None else sorted(drained.histories if drained else {})
+        live_ids = sorted({s for _, s in drained.histories}) if drained else []
+        candidates = data_mod.list_series(base) if base is not None else live_ids
         if not candidates:
             raise NotEnoughData("no bootstrap CSV (data) and no live records yet")
         series_id = candidates[0]
+    key = live_series_key(config, drained, series_id)
     after = None
     if base is not None:
         times = pd.to_numeric(base.frame["reading_time"], errors="coerce")
         mask = (base.frame["station_id"] + "/" + base.frame["parameter_id"]) == series_id
         if mask.any() and np.isfinite(times[mask]).any():
             after = int(np.nanmax(times[mask]))
-    rows = records_mod.live_frame_rows(config, drained, series_id, after) if drained else []
+    rows = records_mod.live_frame_rows(config, drained, key, after) if drained and key else []
     # Every split needs at least one window: fewer readings cannot train, so wait for more.
     needed = int((config.window + 1) / min(config.test_fraction, config.val_fraction)) + 1
     if base is None and len(rows) < needed:
@@ -67,27 +71,111 @@ def load_training_data(config: TrainConfig, drained: records_mod.Drained | None,
     live = pd.DataFrame(rows, columns=list(STANDARD_COLUMNS)).astype(str)
     frames = [base.frame] if base is not None else []
     frame = pd.concat([*frames, live], ignore_index=True)
-    source = f"{base.source if base is not None else 'no bootstrap'} + live records ({len(rows)} readings of {series_id})"
+    of = records_mod.series_label(key) if key else series_id
+    source = f"{base.source if base is not None else 'no bootstrap'} + live records ({len(rows)} readings of {of})"
     emit(f"data: {source}")
     return data_mod.from_frame(frame, source)
 
 
+def live_series_key(
+    config: TrainConfig, drained: records_mod.Drained | None, series_id: str
+) -> records_mod.SeriesKey | None:
+    """The live series to train on: `series_id` of the first tenant in `config.tenants` that has
+    it. One series is one tenant's: two tenants' readings under the same id are never joined."""
+    if drained is None:
+        return None
+    for tenant in config.tenants:
+        if (tenant, series_id) in drained.histories:
+            return (tenant, series_id)
+    return None
+
+
 def evaluate_gate(
-    config: TrainConfig, raw: data_mod.RawData, result: TrainResult, serving_dir: Path | None, serving_version: str | None
+    config: TrainConfig, raw: data_mod.RawData, candidate_dir: Path, serving_dir: Path | None,
+    serving_version: str | None,
 ) -> GateDecision:
-    """Candidate, serving version and naive forecast on the same newest holdout windows."""
-    series_id, rows = data_mod.select_series(raw, result.metadata.series_id)
-    clean, _ = clean_series(rows, config.sentinels, config.max_gap_fill)
-    windows = [result.metadata.window]
+    """Candidate, serving version, naive and every baseline on the same newest holdout targets,
+    as backtest means over `config.backtest_folds` rolling-origin folds (mlserving_training.baselines)."""
+    candidate = read_metadata(candidate_dir)
+    series_id, rows = data_mod.select_series(raw, candidate.series_id)
+    clean, _ = clean_rows(config.to_dict(), rows)
+    windows = [candidate.window]
     if serving_dir is not None:
         windows.append(read_metadata(serving_dir).window)
     holdout = build_holdout(clean, config.train_fraction, config.val_fraction, max(windows))
-    candidate = package_mae(result.package_dir, holdout)
-    serving = package_mae(serving_dir, holdout) if serving_dir is not None else None
-    decision = decide(candidate, naive_mae(holdout), serving, config.gate_margin, serving_version, len(holdout))
+    _, start = split_bounds(len(clean), config.train_fraction, config.val_fraction)
+    comparison = baselines_mod.compare(
+        clean, holdout.targets, candidate.window, start, package_forecast(candidate_dir, holdout, clean.times),
+        candidate.calendar or None, config.backtest_folds,
+    )
+    table = comparison.to_dict()
+    kind = candidate.training.get("config", {}).get("model", "")
+    mean = {name: table["candidates"][name]["backtest_mae_mean"] for name in ["model", *baselines_mod.rivals(table, kind)]}
+    serving = None
+    if serving_dir is not None:
+        kept = np.isin(holdout.targets, comparison.targets)
+        error = np.abs(package_forecast(serving_dir, holdout, clean.times)[kept] - comparison.actual)
+        serving = float(np.mean([np.mean(error[f]) for f in comparison.folds]))
+    others = {name: mae for name, mae in mean.items() if name not in ("model", "naive")}
+    if config.gate_baselines == "naive":
+        others = {}
+    decision = decide(mean["model"], mean["naive"], serving, config.gate_margin, serving_version,
+                      len(comparison.targets), others)
+    if config.gate_baselines == "naive":
+        decision = replace(decision, reason=f"{decision.reason} (gate_baselines: naive, the others not required)")
     if not config.gate:
         decision = replace(decision, passed=True, reason=f"gate disabled (gate: false); {decision.reason}")
     return decision
+
+
+def recorded_config(metadata: Metadata, **overrides: Any) -> TrainConfig:
+    """The TrainConfig a package was trained with (its metadata.training.config), plus overrides."""
+    known = {f.name for f in fields(TrainConfig)}
+    recorded = {k: v for k, v in metadata.training.get("config", {}).items() if k in known}
+    return TrainConfig().merged({**recorded, **{k: v for k, v in overrides.items() if v is not None}},
+                                source=f"{metadata.name} metadata")
+
+
+def publish_promote_gated(
+    package_dir: Path, registry_location: str, data: str = "", margin: float | None = None,
+    force: bool = False, emit: Emit = print,
+) -> str | None:
+    """`publish --promote`: the CronJob's gate on the package's own training data (or `data`).
+
+    Passed: published and promoted. Refused: nothing published (None), unless `force`: then it is
+    promoted anyway, logged as `gate_forced` and recorded in metadata.gate (forced: true).
+    """
+    import shutil
+    import tempfile
+
+    metadata = read_metadata(package_dir)
+    config = recorded_config(metadata, data=data or None, gate_margin=margin, gate=True)
+    raw = load_data(config, emit)
+    recorded_sha = metadata.data.get("sha256")
+    if not data and recorded_sha and raw.sha256 != recorded_sha:
+        raise GateError(f"{metadata.name}: its training data {raw.source} changed since training"
+                        " (sha256 differs); pass --data with the CSV to judge it on")
+    registry = open_registry(registry_location)
+    serving_version = registry.current(metadata.name)
+    serving_dir = registry.fetch(metadata.name, serving_version) if serving_version else None
+    decision = evaluate_gate(config, raw, Path(package_dir), serving_dir, serving_version)
+    if not decision.passed and force:
+        decision = replace(decision, forced=True, reason=f"forced over a refusal: {decision.reason}")
+        event(log, "gate_forced", model=metadata.name, package=str(package_dir), **decision.to_dict())
+    emit(decision.line())
+    common = {"model": metadata.name, "series_id": metadata.series_id, "data_source": raw.source, **decision.to_dict()}
+    if not decision.passed and not force:
+        event(log, "publish decision", action="refused", **common)
+        emit(f"publish {metadata.name}: refused by the gate; {serving_version or 'nothing'} keeps serving;"
+             " nothing published (--force promotes anyway, on record)")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "package"
+        shutil.copytree(package_dir, staged)
+        (staged / METADATA_FILE).write_text(replace(metadata, gate=decision.to_dict()).to_json())
+        version = publish(staged, registry_location, True, emit, registry=registry)
+    event(log, "publish decision", action="promoted", version=version, **common)
+    return version
 
 
 def run_retrain(config: TrainConfig, emit: Emit = print) -> RetrainOutcome:
@@ -98,9 +186,10 @@ def run_retrain(config: TrainConfig, emit: Emit = print) -> RetrainOutcome:
     if config.uses_broker:
         drained = records_mod.drain(config, emit)
         if config.trigger == "drift":
-            events = drained.drift_for(name)
+            events = drained.drift_for(name, config.tenants)
             if not events:
-                reason = f"trigger is 'drift' and no server reported drift for {name} since the last run"
+                reason = (f"trigger is 'drift' and no server reported drift for {name} of tenants"
+                          f" {', '.join(config.tenants)} since the last run")
                 event(log, "retrain decision", model=name, action="skipped", reason=reason)
                 emit(f"retrain {name}: skipped ({reason})")
                 return RetrainOutcome("skipped", reason=reason)
@@ -123,7 +212,7 @@ def run_retrain(config: TrainConfig, emit: Emit = print) -> RetrainOutcome:
     registry = open_registry(config.registry)
     serving_version = registry.current(name)
     serving_dir = registry.fetch(name, serving_version) if serving_version else None
-    decision = evaluate_gate(config, raw, result, serving_dir, serving_version)
+    decision = evaluate_gate(config, raw, result.package_dir, serving_dir, serving_version)
     emit(decision.line())
     common = {"model": name, "series_id": result.metadata.series_id, "data_source": raw.source, **decision.to_dict()}
     if not decision.passed:

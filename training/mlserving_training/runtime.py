@@ -25,7 +25,8 @@ def batch_signature(model: bytes | Path | str) -> tuple[list[int], list[int]]:
 
 
 def predict_tflite(model: bytes | Path | str, x: np.ndarray) -> np.ndarray:
-    """Predict a whole batch in one invoke, after resizing the batch dimension to len(x)."""
+    """Predict a whole batch in one invoke, after resizing the batch dimension to len(x): (n,) for
+    one-step models, (n, horizon) for day-ahead ones."""
     interpreter = load_interpreter(model)
     x = np.ascontiguousarray(x, dtype=np.float32)
     inp = interpreter.get_input_details()[0]
@@ -34,4 +35,5 @@ def predict_tflite(model: bytes | Path | str, x: np.ndarray) -> np.ndarray:
     interpreter.set_tensor(inp["index"], x)
     interpreter.invoke()
     out = interpreter.get_output_details()[0]
-    return interpreter.get_tensor(out["index"]).reshape(len(x), -1)[:, 0].copy()
+    result = interpreter.get_tensor(out["index"]).reshape(len(x), -1)
+    return result[:, 0].copy() if result.shape[1] == 1 else result.copy()  # (n,), or (n, horizon)

@@ -282,6 +282,10 @@ limits:
   max_payload_bytes: {{ $c.limits.maxPayloadBytes | int64 }}
   max_instances: {{ $c.limits.maxInstances | int64 }}
   max_pending: {{ $c.limits.maxPending | int64 }}
+  max_pending_bytes: {{ $c.limits.maxPendingBytes | int64 }}
+  max_correlation_bytes: {{ $c.limits.maxCorrelationBytes | int64 }}
+  receive_maximum: {{ $c.limits.receiveMaximum | int64 }}
+  max_outgoing: {{ $c.limits.maxOutgoing | int64 }}
 http:
   host: 0.0.0.0
   port: {{ $c.httpPort | int64 }}
@@ -324,6 +328,11 @@ tenants:
       {{- end }}
     {{- end }}
     record: {{ $t.record }}
+    {{- if $t.legacy }}
+    legacy:
+      mean: {{ $t.legacy.mean | toJson }}
+      scale: {{ $t.legacy.scale | toJson }}
+    {{- end }}
 {{- end }}
 
 {{/* Pod-level scheduling keys shared by the workloads: (dict with nodeSelector tolerations affinity priorityClassName). */}}
@@ -397,7 +406,17 @@ topic read {{ $t.effectiveResponseTopic }}/#
 per_listener_settings false
 allow_anonymous false
 password_file /mosquitto/auth/passwd
-acl_file /mosquitto/auth/acl
+# Our plugin owns the ACL (no acl_file): client ids must belong to their username, a SUBSCRIBE
+# outside the user's read grants ($share/... included) is refused with SUBACK 0x87, and every
+# refusal is logged with the username ("mlserving-auth: refused ..."). docs/security.md.
+plugin /usr/lib/mosquitto/mlserving_auth.so
+plugin_opt_acl_file /mosquitto/auth/acl
+plugin_opt_log_per_second {{ $b.config.refusalLogPerSecond | int64 }}
+plugin_opt_publish_rate {{ $b.config.tenantPublishRate | int64 }}
+plugin_opt_publish_bytes_rate {{ $b.config.tenantPublishBytesRate | int64 }}
+plugin_opt_max_properties_bytes {{ $b.config.tenantMaxPropertiesBytes | int64 }}
+plugin_opt_max_connections {{ $b.config.tenantMaxConnections | int64 }}
+plugin_opt_rate_exempt {{ .Values.broker.users.server.username }},{{ .Values.broker.users.trainer.username }}
 # QoS 1 collapses to ~1,000 msg/s under Nagle's algorithm.
 set_tcp_nodelay true
 
@@ -415,11 +434,16 @@ cafile /mosquitto/tls/ca.crt
 tls_version tlsv1.2
 {{- end }}
 
-# Queues and limits, set explicitly (Mosquitto's defaults drop messages for slow consumers).
+# Queues and limits: what one session can make the broker hold is bounded by these, not by the
+# load offered (arithmetic: docs/security.md, "Broker memory").
+max_packet_size {{ $b.config.maxPacketSize | int64 }}
+message_size_limit {{ $b.config.messageSizeLimit | int64 }}
 max_queued_messages {{ $b.config.maxQueuedMessages | int64 }}
 max_queued_bytes {{ $b.config.maxQueuedBytes | int64 }}
 max_inflight_messages {{ $b.config.maxInflightMessages | int64 }}
-message_size_limit {{ $b.config.messageSizeLimit | int64 }}
+max_inflight_bytes {{ $b.config.maxInflightBytes | int64 }}
+# QoS 0 requests reach the servers' QoS 1 subscriptions at QoS 1: flow-controlled, byte-bounded.
+upgrade_outgoing_qos true
 max_keepalive {{ $b.config.maxKeepalive | int64 }}
 persistent_client_expiration {{ $b.config.persistentClientExpiration }}
 
@@ -434,7 +458,9 @@ autosave_interval {{ $b.config.autosaveInterval | int64 }}
 persistence false
 {{- end }}
 
-log_dest stdout
+# stderr, not stdout: Mosquitto never flushes stdout, so through a pipe its lines (refusals
+# included) would reach `kubectl logs` only every few kilobytes.
+log_dest stderr
 {{- range $b.config.logTypes }}
 log_type {{ . }}
 {{- end }}
@@ -497,10 +523,24 @@ gate: false
 trigger: {{ default "schedule" $m.trigger }}
 {{- $records := default dict $m.records }}
 records: {{ ternary "true" "false" (default false $records.enabled) }}
-{{- if $records.tenant }}
-records_tenant: {{ $records.tenant | quote }}
-{{- end }}
 {{- if include "ml-serving.trainerUsesBroker" $m }}
+{{- /* The tenants whose live records and drift events this trainer may use: records.tenants, or
+       every tenant served this model. Never all tenants by default (docs/lifecycle.md). */}}
+{{- $all := include "ml-serving.tenants" $root | fromYaml }}
+{{- $served := list }}
+{{- range $t, $tc := $all }}
+{{- if hasKey $tc.models $name }}{{ $served = append $served $t }}{{ end }}
+{{- end }}
+{{- $tenants := default $served $records.tenants }}
+{{- range $tenants }}
+{{- if not (hasKey $all .) }}
+{{- fail (printf "retraining.models.%s.records.tenants: %q is not a tenant of this release" $name .) }}
+{{- end }}
+{{- end }}
+{{- if not $tenants }}
+{{- fail (printf "retraining.models.%s: no tenant is served model %s; set records.tenants (its records and drift events are per tenant)" $name $name) }}
+{{- end }}
+tenants: {{ $tenants | toJson }}
 {{- $tls := include "ml-serving.broker.tls" $root }}
 # The trainer's persistent broker session: live records and drift events (docs/lifecycle.md).
 broker_host: {{ include "ml-serving.broker.host" $root | quote }}
@@ -511,7 +551,8 @@ broker_password_file: /etc/ml-serving/broker/password
 broker_tls_ca_file: {{ include "ml-serving.caDir" $root }}/ca.crt
 {{- end }}
 topic_prefix: {{ $root.Values.topicPrefix | quote }}
-client_id: {{ printf "mlserving-trainer-%s" $name | trunc 64 | quote }}
+# Owned by the trainer's login: the broker plugin refuses this id to anyone else.
+client_id: {{ printf "%s:trainer-%s" $root.Values.broker.users.trainer.username $name | trunc 64 | quote }}
 {{- end }}
 {{- range $key, $value := (default dict $m.settings) }}
 {{ $key }}: {{ $value | toJson }}

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from typing import Any
 
+from mlserving_common import protocol
 from mlserving_common.logs import event
 from mlserving_common.broker_registry import BrokerLocation, BrokerRegistry
 from mlserving_common.registry import FilesystemRegistry, Registry, open_registry
@@ -32,7 +32,13 @@ log = logging.getLogger("mlserving.app")
 QUIET_SECONDS = 0.25  # no message for this long after unsubscribing = the broker has nothing more for us
 
 
-def open_server_registry(config: ServerConfig, client_id: str) -> Registry:
+def service_client_id(config: ServerConfig) -> str:
+    """An unguessable client id owned by the server's broker login (the broker refuses others), so
+    no tenant can take over the server's session; random per connection owner (server, registry)."""
+    return protocol.owned_client_id(config.broker.username or "mlserving")
+
+
+def open_server_registry(config: ServerConfig) -> Registry:
     """The registry named by `registry`; the broker kind reuses this server's own broker login."""
     if config.registry.kind != "broker":
         return open_registry(config.registry.path)
@@ -47,24 +53,25 @@ def open_server_registry(config: ServerConfig, client_id: str) -> Registry:
         cache=config.registry.cache_dir,
     )
     seed = FilesystemRegistry(config.registry.path)
-    return BrokerRegistry(location, seed=seed, password=broker.password, client_id=f"{client_id}-registry"[:64]).connect()
+    return BrokerRegistry(location, seed=seed, password=broker.password, client_id=service_client_id(config)).connect()
 
 
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        client_id = f"mlserving-{socket.gethostname()}-{os.getpid()}"[:64]
+        client_id = service_client_id(config)
         self.store = ModelStore(
             config.model_versions(),
-            open_server_registry(config, client_id),
+            open_server_registry(config),
             self.metrics,
             config.batching.max_batch,
             config.registry.poll_seconds,
             on_swap=self._on_swap,
             optional=config.shadow_versions(),
         )
-        self.lifecycle = Lifecycle(config, self.metrics, shadow_runtime=self.store.get, roll_back=self.store.roll_back)
+        self.lifecycle = Lifecycle(config, self.metrics, shadow_runtime=self.store.get, roll_back=self.store.roll_back,
+                                   pinned=self.store.pinned)
         self.pipeline = Pipeline(config, self.store, self.metrics, self.lifecycle)
         self.transport = Transport(config, self.metrics, self.pipeline.admit, client_id=client_id)
         self.pipeline.transport = self.transport
@@ -116,7 +123,11 @@ class Server:
         unsubscribed = self.transport.unsubscribe_all(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
         batcher = self.pipeline.batcher
         while time.monotonic() < deadline:
-            if batcher.idle() and time.monotonic() - self.transport.last_message > QUIET_SECONDS:
+            if (
+                batcher.idle()
+                and not self.transport.held()  # requests held back by flow control still get answers
+                and time.monotonic() - self.transport.last_message > QUIET_SECONDS
+            ):
                 break
             time.sleep(0.01)
         finished = batcher.stop(timeout=max(0.0, deadline - time.monotonic()))
@@ -158,11 +169,10 @@ class Server:
         }
 
     # -- model swaps -------------------------------------------------------------------------
-    def _on_swap(self, model: str, spec: str, old: ModelRuntime | None, new: ModelRuntime, reason: str = "registry") -> None:
-        self.lifecycle.on_swap(model, spec, old, new, reason)
-        for name, tenant in self.config.tenants.items():
-            if tenant.models.get(model) != spec:
-                continue
+    def _on_swap(self, model: str, spec: str, old: ModelRuntime | None, new: ModelRuntime, reason: str = "registry",
+                 tenant: str | None = None) -> None:
+        self.lifecycle.on_swap(model, spec, old, new, reason, tenant)
+        for name in self.lifecycle.swapped_tenants(model, spec, tenant):
             if old is not None and old.version != new.version:
                 try:
                     self.metrics.model_info.remove(name, model, old.version)

@@ -3,8 +3,10 @@
 The MQTT network thread only appends to a deque; one worker thread takes up to `max_batch`
 items at a time and hands them to the handler (parse, infer, answer). Under load the queue fills
 while the worker is busy, so batches form by themselves; when the queue is short, the worker
-waits until its oldest item is `max_wait_ms` old for companions. `max_pending` bounds the queue:
-`submit` refuses beyond it so the caller can answer `overloaded` instead of dropping silently.
+waits until its oldest item is `max_wait_ms` old for companions. `max_pending` (items) and
+`max_pending_bytes` (the sizes callers give, i.e. payload bytes) bound each lane: `submit` refuses
+beyond either so the caller can answer `overloaded` instead of dropping silently, and a flood of
+large requests cannot hold more memory than configured.
 
 Fairness: items are queued per lane (the pipeline uses one lane per tenant), `max_pending` bounds
 each lane, and a batch takes an equal share of its `max_batch` slots from every lane that has
@@ -37,12 +39,20 @@ class Batcher(Generic[T]):
         max_wait_ms: float,
         max_pending: int,
         name: str = "batcher",
+        max_pending_bytes: int = 0,
     ) -> None:
         self._handler = handler
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes  # 0: no byte bound
         self._lanes: dict[Hashable, deque[T]] = {}
+        # Byte accounting without a lock: per lane, the sizes in queue order, bytes added (written
+        # by the producer only) and bytes taken (written by the worker only).
+        self._sizes: dict[Hashable, deque[int]] = {}
+        self._added: dict[Hashable, int] = {}
+        self._taken: dict[Hashable, int] = {}
+        self._lane_of: dict[int, Hashable] = {}  # id(queue) -> lane
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -51,16 +61,27 @@ class Batcher(Generic[T]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # -- producer side (network thread) ------------------------------------------------------
-    def submit(self, item: T, lane: Hashable = None) -> bool:
-        """Queue an item in its lane; False when `max_pending` items already wait in that lane."""
+    def submit(self, item: T, lane: Hashable = None, size: int = 0) -> bool:
+        """Queue an item in its lane; False when `max_pending` items, or with this one more than
+        `max_pending_bytes` of size, already wait in that lane."""
         queue = self._lanes.get(lane)
-        if queue is None:
-            queue = self._lanes.setdefault(lane, deque())  # only this (network) thread adds lanes
+        if queue is None:  # only this (network) thread adds lanes
+            self._sizes[lane], self._added[lane], self._taken[lane] = deque(), 0, 0
+            queue = self._lanes.setdefault(lane, deque())
+            self._lane_of[id(queue)] = lane
         if len(queue) >= self.max_pending:
             return False
+        if self.max_pending_bytes and queue and self.lane_bytes(lane) + size > self.max_pending_bytes:
+            return False  # an empty lane always takes one item, so no single item is refused forever
+        self._sizes[lane].append(size)  # before the item: the worker pops both in this order
+        self._added[lane] += size
         queue.append(item)
         self._wake.set()
         return True
+
+    def lane_bytes(self, lane: Hashable = None) -> int:
+        """Sizes of the items waiting in a lane."""
+        return self._added.get(lane, 0) - self._taken.get(lane, 0)
 
     # -- observers ---------------------------------------------------------------------------
     def _busy_lanes(self) -> list[deque[T]]:
@@ -130,13 +151,21 @@ class Batcher(Generic[T]):
         self._inflight = min(room, sum(map(len, lanes)))  # before popping, so idle() never sees a gap
         if len(lanes) == 1:
             queue = lanes[0]
-            return [queue.popleft() for _ in range(min(len(queue), room))]
+            return self._pop(queue, min(len(queue), room))
         lanes.sort(key=len)
         batch: list[T] = []
         share = max(1, room // len(lanes))
         for limit in (share, room):
             for queue in lanes:
                 take = min(len(queue), limit, room - len(batch))
-                batch.extend(queue.popleft() for _ in range(take))
+                batch.extend(self._pop(queue, take))
         self._inflight = len(batch)
         return batch
+
+    def _pop(self, queue: deque[T], count: int) -> list[T]:
+        """`count` items from the front of a lane, releasing their bytes."""
+        lane = self._lane_of[id(queue)]
+        sizes = self._sizes[lane]
+        items = [queue.popleft() for _ in range(count)]
+        self._taken[lane] += sum(sizes.popleft() for _ in range(count))
+        return items

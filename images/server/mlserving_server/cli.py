@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"mlserving-server: invalid configuration: {exc}", file=sys.stderr)
+        logs.configure()  # a JSON line like every other: log shippers need no second format
+        logs.event(logging.getLogger("mlserving.server"), "invalid configuration", logging.ERROR, error=str(exc))
         return 2
     if args.check_config:
         sys.stdout.write(orjson.dumps(summary(config), option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -8,6 +8,7 @@ the environment.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -78,9 +79,28 @@ class BatchingConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
+    """What bounds the server's memory whatever the load offered (docs/server.md, "Overload").
+
+    Worst case held at once: per tenant max_pending requests / max_pending_bytes of payload
+    queued; max_outgoing answers (plus what the queues held when that bound was reached) waiting
+    for the broker's PUBACK; and the requests held unacknowledged meanwhile, receive_maximum of
+    them by MQTT, in practice up to the broker's per-session queue (Mosquitto 2.0.11 delivers
+    past Receive Maximum, see transport.Transport._receive).
+    """
+
     max_payload_bytes: int = 262144
     max_instances: int = 1024
-    max_pending: int = 20000
+    #: Per tenant: requests queued for the worker; beyond it they are answered `overloaded`.
+    max_pending: int = 5000
+    #: Per tenant: payload bytes queued for the worker (a flood of large batched requests).
+    max_pending_bytes: int = 16 * 1024 * 1024
+    #: Largest Correlation Data accepted (it is echoed in every answer); larger: `invalid_request`.
+    max_correlation_bytes: int = 256
+    #: MQTT v5 Receive Maximum sent in CONNECT: QoS 1 requests the broker may have in flight to us.
+    receive_maximum: int = 256
+    #: Answers handed to the MQTT client and not yet acknowledged by the broker beyond which the
+    #: server stops taking (and acknowledging) new requests until the broker catches up.
+    max_outgoing: int = 10000
 
 
 @dataclass(frozen=True)
@@ -134,6 +154,16 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True)
+class LegacyConfig:
+    """How a tutorial client scales its legacy payload (norm_1..norm_6): `(value - mean) / scale`
+    with the constants of ITS training file. The server turns such values back into readings,
+    forecasts in readings, and answers in the same client units (docs/protocol.md)."""
+
+    mean: float
+    scale: float
+
+
+@dataclass(frozen=True)
 class TenantConfig:
     name: str
     models: dict[str, str]
@@ -145,6 +175,8 @@ class TenantConfig:
     shadow: dict[str, str] = field(default_factory=dict)
     #: publish the windows of requests with a series_id as live-traffic records for retraining
     record: bool = False
+    #: the scaling of the tenant's legacy (tutorial) payload; None: such requests are refused
+    legacy: LegacyConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -355,7 +387,7 @@ def _tenants(raw: Any, prefix: str) -> dict[str, TenantConfig]:
             raise ConfigError(f"{where}: tenant name must match {TENANT_PATTERN.pattern}")
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: must be a mapping")
-        allowed = {"models", "default_model", "request_topic", "response_topic", "rate_limit", "shadow", "record"}
+        allowed = {"models", "default_model", "request_topic", "response_topic", "rate_limit", "shadow", "record", "legacy"}
         for key in body:
             if key not in allowed:
                 raise ConfigError(f"{where}.{key}: unknown field")
@@ -389,9 +421,27 @@ def _tenants(raw: Any, prefix: str) -> dict[str, TenantConfig]:
             raise ConfigError(f"{where}.rate_limit.burst: must be >= 0")
         shadow = _shadow(body.get("shadow"), models, where)
         record = _scalar(body.get("record", False), "bool", f"{where}.record")
-        tenants[name] = TenantConfig(name, models, default_model, request, response, rate, shadow, record)
+        legacy = _legacy(body.get("legacy"), f"{where}.legacy")
+        tenants[name] = TenantConfig(name, models, default_model, request, response, rate, shadow, record, legacy)
     _check_topics(tenants)
     return tenants
+
+
+def _legacy(raw: Any, where: str) -> LegacyConfig | None:
+    """{mean, scale} of a tenant's legacy payload; both required, scale a positive finite number."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping {{mean: <number>, scale: <number>}}")
+    for key in ("mean", "scale"):
+        if key not in raw:
+            raise ConfigError(f"{where}.{key}: required (the client's `(value - mean) / scale` constants)")
+    legacy = _build(LegacyConfig, raw, where)
+    if not (math.isfinite(legacy.mean) and abs(legacy.mean) <= protocol.FLOAT32_MAX):
+        raise ConfigError(f"{where}.mean: {legacy.mean!r} must be a finite float32")
+    if not (math.isfinite(legacy.scale) and 0 < legacy.scale <= protocol.FLOAT32_MAX):
+        raise ConfigError(f"{where}.scale: {legacy.scale!r} must be a positive finite float32")
+    return legacy
 
 
 def _shadow(raw: Any, models: dict[str, str], where: str) -> dict[str, str]:
@@ -459,6 +509,23 @@ def _validate(config: ServerConfig) -> None:
         ),
         (config.limits.max_instances >= 1, f"limits.max_instances: {config.limits.max_instances} must be >= 1"),
         (config.limits.max_pending >= 1, f"limits.max_pending: {config.limits.max_pending} must be >= 1"),
+        (
+            config.limits.max_pending_bytes >= config.limits.max_payload_bytes,
+            f"limits.max_pending_bytes: {config.limits.max_pending_bytes} must be >= limits.max_payload_bytes "
+            f"({config.limits.max_payload_bytes})",
+        ),
+        (
+            0 <= config.limits.max_correlation_bytes <= 65535,
+            f"limits.max_correlation_bytes: {config.limits.max_correlation_bytes} must be 0..65535",
+        ),
+        (
+            1 <= config.limits.receive_maximum <= 65535,
+            f"limits.receive_maximum: {config.limits.receive_maximum} must be 1..65535",
+        ),
+        (
+            1 <= config.limits.max_outgoing <= 50000,
+            f"limits.max_outgoing: {config.limits.max_outgoing} must be 1..50000",
+        ),
         (0 <= config.http.port <= 65535, f"http.port: {config.http.port} must be 0..65535"),
         (config.drain_seconds >= 0, f"drain_seconds: {config.drain_seconds} must be >= 0"),
         (config.log_level in LOG_LEVELS, f"log_level: {config.log_level!r} must be one of {', '.join(LOG_LEVELS)}"),
@@ -512,6 +579,7 @@ def summary(config: ServerConfig) -> dict[str, Any]:
                 "rate_limit_per_second": t.rate_limit.per_second,
                 "shadow": t.shadow,
                 "record": t.record,
+                "legacy": dataclasses.asdict(t.legacy) if t.legacy else None,
             }
             for name, t in config.tenants.items()
         },

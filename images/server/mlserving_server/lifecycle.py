@@ -41,12 +41,15 @@ class Lifecycle:
         config: ServerConfig,
         metrics: Metrics,
         shadow_runtime: Callable[[str, str], ModelRuntime | None],
-        roll_back: Callable[[str, str, ModelRuntime, str], bool],
+        roll_back: Callable[[str, str, str, ModelRuntime, str], bool],
+        pinned: Callable[[str, str, str], ModelRuntime | None] = lambda tenant, model, spec: None,
     ) -> None:
         self.config = config
         self.settings = config.lifecycle
         self.metrics = metrics
         self._shadow_runtime = shadow_runtime
+        #: pinned(tenant, model, spec): the runtime an auto-rollback pinned the tenant to, if any
+        self._pinned = pinned
         self.publish: Publish | None = None  # set once the transport exists
         self.source = ""  # this server's MQTT client id, named in its records
         self._seq = 0
@@ -121,10 +124,12 @@ class Lifecycle:
                 self._once(("shadow-missing", runtime.name, spec), "shadow version not loaded", logging.WARNING,
                            model=runtime.name, spec=spec)
                 continue
-            if shadow.window != runtime.window or shadow.output_size != 1:
+            if shadow.window != runtime.window or shadow.output_size != 1 or shadow.calendar:
+                # A calendar shadow would need the requests' times, which shadows are not given.
                 self._once(("shadow-shape", runtime.name, shadow.version), "shadow version skipped", logging.WARNING,
                            model=runtime.name, version=shadow.version,
-                           reason=f"window {shadow.window} / outputs {shadow.output_size} differ from the serving version")
+                           reason=f"window {shadow.window} / outputs {shadow.output_size} / calendar"
+                                  f" {list(shadow.calendar)} differ from the serving version")
                 continue
             try:
                 predicted = shadow.predict(np.ascontiguousarray(windows[rows]))
@@ -184,7 +189,7 @@ class Lifecycle:
         gauge.set(mae.mae)
         counter.inc()
         if key[3] == SERVING:
-            self.guard.on_score(key[1], key[2], error)
+            self.guard.on_score(key[0], key[1], key[2], error)
 
     def _check_error_drift(self, tenant: str, model: str, version: str, runtime: ModelRuntime) -> None:
         drift = self.settings.drift
@@ -217,27 +222,36 @@ class Lifecycle:
         if self.settings.drift.publish_events and self.publish is not None:
             self.publish(protocol.events_topic("drift", self.config.topic_prefix), orjson.dumps(payload))
 
-    def _on_rollback(self, model: str, figures: dict[str, Any]) -> None:
-        self.metrics.auto_rollbacks.labels(model, figures["version"]).inc()
+    def _on_rollback(self, figures: dict[str, Any]) -> None:
+        self.metrics.auto_rollbacks.labels(figures["tenant"], figures["model"], figures["version"]).inc()
         if self.publish is not None:
             self.publish(protocol.events_topic("rollback", self.config.topic_prefix), orjson.dumps(figures))
 
     # -- poller thread -----------------------------------------------------------------------
-    def on_swap(self, model: str, spec: str, old: ModelRuntime | None, new: ModelRuntime, reason: str) -> None:
-        """A version change of (model, spec): guard `current` promotions; retire stale drift gauges."""
-        if reason == "registry" and spec == CURRENT:
-            self.guard.on_swap(model, spec, old, new)
-        if old is None or old.version == new.version:
-            return
-        for tenant in self.config.tenants.values():
-            if tenant.models.get(model) != spec:
+    def swapped_tenants(self, model: str, spec: str, tenant: str | None = None) -> list[str]:
+        """Tenants whose serving runtime a swap of (model, spec) changed: `tenant` alone for a
+        per-tenant swap (an auto-rollback pin, or its lifting), else every tenant on the spec
+        that no auto-rollback pins (a pinned tenant keeps its predecessor)."""
+        if tenant is not None:
+            return [tenant]
+        return [name for name, t in self.config.tenants.items()
+                if t.models.get(model) == spec and self._pinned(name, model, spec) is None]
+
+    def on_swap(self, model: str, spec: str, old: ModelRuntime | None, new: ModelRuntime, reason: str,
+                tenant: str | None = None) -> None:
+        """A version change of (model, spec) for the tenants it reaches: guard `current`
+        promotions per tenant; retire their stale drift gauges."""
+        for name in self.swapped_tenants(model, spec, tenant):
+            if reason == "registry" and spec == CURRENT:
+                self.guard.on_swap(name, model, spec, old, new)
+            if old is None or old.version == new.version:
                 continue
             for kind in (ERROR, INPUT):
-                self._flags.pop((tenant.name, model, old.version, kind), None)
-                _remove(self.metrics.drift, tenant.name, model, old.version, kind)
-            _remove(self.metrics.input_psi, tenant.name, model, old.version)
-            self._inputs.pop((tenant.name, model, old.version), None)
-            self._buffered.pop((tenant.name, model, old.version), None)
+                self._flags.pop((name, model, old.version, kind), None)
+                _remove(self.metrics.drift, name, model, old.version, kind)
+            _remove(self.metrics.input_psi, name, model, old.version)
+            self._inputs.pop((name, model, old.version), None)
+            self._buffered.pop((name, model, old.version), None)
 
     # -- helpers -----------------------------------------------------------------------------
     def _once(self, key: tuple[str, ...], message: str, level: int, exc_info: bool = False, **fields: Any) -> None:

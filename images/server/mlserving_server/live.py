@@ -66,30 +66,25 @@ class _Pending:
 
 
 class LiveScores:
-    """Sliding-window MAE per (tenant, model, version, role), and pooled over tenants per (model, version, role)."""
+    """Sliding-window MAE per (tenant, model, version, role).
+
+    Never pooled over tenants: every decision taken on these figures (auto-rollback, drift) is
+    one tenant's, so another tenant's traffic cannot move it.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.by_key: dict[ScoreKey, MaeWindow] = {}
-        self.pooled: dict[tuple[str, str, str], MaeWindow] = {}
 
     def add(self, key: ScoreKey, error: float) -> MaeWindow:
         window = self.by_key.get(key)
         if window is None:
             window = self.by_key[key] = MaeWindow(self.size)
         window.add(error)
-        pooled_key = key[1:]
-        pooled = self.pooled.get(pooled_key)
-        if pooled is None:
-            pooled = self.pooled[pooled_key] = MaeWindow(self.size)
-        pooled.add(error)
         return window
 
     def get(self, tenant: str, model: str, version: str, role: str = SERVING) -> MaeWindow | None:
         return self.by_key.get((tenant, model, version, role))
-
-    def pooled_for(self, model: str, version: str, role: str = SERVING) -> MaeWindow | None:
-        return self.pooled.get((model, version, role))
 
     def forget(self, tenant: str, model: str, keep: set[str]) -> list[ScoreKey]:
         """Drop per-tenant windows of versions not in `keep`; returns the dropped keys."""

@@ -2,6 +2,13 @@
 
 A private CollectorRegistry keeps several Metrics instances (unit tests) apart. Label children
 are cached because `.labels()` costs more than the increment on the hot path.
+
+Every label value is bounded by configuration, never by what a request says, so neither the
+scrape nor the server's memory grows with hostile input: `tenant` comes from the config,
+`model` from the tenant's configured models (a request naming any other model counts under
+UNKNOWN_MODEL_LABEL), `version` from the registry's loaded versions (children of replaced
+versions are removed where the lifecycle allows), `outcome` is "ok" or a protocol.ErrorCode, and
+`role`/`kind` are fixed sets. No series id, request id or message text is ever a label.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+#: `model` label of requests naming a model the tenant is not served (the name itself is the client's).
+UNKNOWN_MODEL_LABEL = "_unknown"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -60,6 +69,14 @@ class Metrics:
         )
         self.inflight = Gauge("mlserving_inflight_requests", "Requests taken by the worker, not yet answered.", registry=r)
         self.pending = Gauge("mlserving_pending_requests", "Requests received and waiting for the worker.", registry=r)
+        self.held = Gauge(
+            "mlserving_held_requests",
+            "Requests received but not yet taken nor acknowledged, because limits.max_outgoing answers await the broker.",
+            registry=r,
+        )
+        self.outgoing = Gauge(
+            "mlserving_unacked_answers", "Answers handed to the MQTT client, not yet acknowledged by the broker.", registry=r
+        )
         self.model_load = Histogram(
             "mlserving_model_load_seconds",
             "Time to verify, load and warm up a model version.",
@@ -108,8 +125,8 @@ class Metrics:
         )
         self.auto_rollbacks = Counter(
             "mlserving_auto_rollbacks",
-            "Newly promoted versions swapped back to their predecessor because their live MAE was worse.",
-            ["model", "version"],
+            "Newly promoted versions swapped back to their predecessor for one tenant because that tenant's live MAE was worse.",
+            ["tenant", "model", "version"],
             registry=r,
         )
         self.records = Counter(
@@ -150,6 +167,11 @@ class Metrics:
         """Gauges computed at scrape time, so the hot path pays nothing for them."""
         self.pending.set_function(pending)
         self.inflight.set_function(inflight)
+
+    def track_transport(self, held: Callable[[], float], outgoing: Callable[[], float]) -> None:
+        """Flow-control gauges of the MQTT side, computed at scrape time."""
+        self.held.set_function(held)
+        self.outgoing.set_function(outgoing)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,6 +5,10 @@ runtime is put into the serving table, by a single dict assignment. The batching
 the table once per batch, so in-flight batches finish on the runtime that took them and the next
 batch uses the new one. A package that fails verification is refused (logged, counted) and the
 previous version keeps serving.
+
+An automatic rollback is one tenant's (docs/lifecycle.md section 6): it pins that tenant to the
+predecessor of (model, spec) while the other tenants keep the shared runtime, until the registry
+pointer names another version.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from mlserving_server.metrics import Metrics
 from mlserving_server.runtime import ModelRuntime
 
 log = logging.getLogger("mlserving.models")
-#: on_swap(model, spec, old runtime, new runtime, reason): reason is "registry" or "auto-rollback"
-SwapListener = Callable[[str, str, "ModelRuntime | None", ModelRuntime, str], None]
+#: on_swap(model, spec, old runtime, new runtime, reason, tenant): reason is "registry" or
+#: "auto-rollback"; tenant None = the shared runtime of (model, spec) changed (tenants pinned by an
+#: auto-rollback keep theirs), a tenant = only that tenant's runtime changed (a pin set or lifted).
+SwapListener = Callable[[str, str, "ModelRuntime | None", ModelRuntime, str, "str | None"], None]
 
 
 class ModelStore:
@@ -56,13 +62,23 @@ class ModelStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._changed = threading.Event()
-        #: (model, spec) -> version rolled back automatically; ignored until the pointer moves on
-        self._blocked: dict[tuple[str, str], str] = {}
+        #: (tenant, model, spec) -> (version rolled back automatically for the tenant, the runtime it
+        #: is pinned to instead); lifted when the pointer names another version
+        self._pinned: dict[tuple[str, str, str], tuple[str, ModelRuntime]] = {}
         self._swap_lock = threading.Lock()
 
     # -- hot path ---------------------------------------------------------------------------
-    def get(self, model: str, spec: str) -> ModelRuntime | None:
+    def get(self, model: str, spec: str, tenant: str | None = None) -> ModelRuntime | None:
+        """What serves (model, spec) to `tenant`: its auto-rollback pin if any, else the shared runtime."""
+        if tenant is not None and self._pinned:
+            pin = self._pinned.get((tenant, model, spec))
+            if pin is not None:
+                return pin[1]
         return self._serving.get((model, spec))
+
+    def pinned(self, tenant: str, model: str, spec: str) -> ModelRuntime | None:
+        pin = self._pinned.get((tenant, model, spec))
+        return pin[1] if pin is not None else None
 
     # -- state ------------------------------------------------------------------------------
     def all_loaded(self) -> bool:
@@ -97,13 +113,6 @@ class ModelStore:
             self._report_once(model, spec, "none", "no current version in the registry yet", logging.WARNING)
             return False
         key = (model, spec)
-        blocked = self._blocked.get(key)
-        if blocked is not None:
-            if blocked == desired:
-                return False  # rolled back automatically; wait for the pointer to move on
-            with self._swap_lock:
-                self._blocked.pop(key, None)
-            event(log, "rolled-back version unblocked", model=model, spec=spec, version=blocked, pointer=desired)
         serving = self._serving.get(key)
         if serving is not None and serving.version == desired:
             return False
@@ -113,8 +122,6 @@ class ModelStore:
         if runtime is None:
             return False
         with self._swap_lock:
-            if self._blocked.get(key) == desired:
-                return False
             serving = self._serving.get(key)
             self._serving[key] = runtime  # the atomic swap
         if serving is not None:
@@ -128,34 +135,51 @@ class ModelStore:
             previous=serving.version if serving else None,
         )
         if self._on_swap is not None:
-            self._on_swap(model, spec, serving, runtime, "registry")
+            self._on_swap(model, spec, serving, runtime, "registry", None)
+        self._lift_pins(model, spec, runtime)
         return True
 
-    def roll_back(self, model: str, spec: str, predecessor: ModelRuntime, rejected: str) -> bool:
-        """Swap `predecessor` back in for `rejected` and ignore `rejected` while the pointer names it.
+    def _lift_pins(self, model: str, spec: str, runtime: ModelRuntime) -> None:
+        """The pointer moved on from a version rolled back for some tenants: they follow it again."""
+        with self._swap_lock:
+            lifted = [(tenant, pin) for (tenant, m, s), pin in self._pinned.items()
+                      if m == model and s == spec and pin[0] != runtime.version]
+            for tenant, _ in lifted:
+                del self._pinned[(tenant, model, spec)]
+        for tenant, (rejected, predecessor) in lifted:
+            event(log, "rolled-back version unblocked", tenant=tenant, model=model, spec=spec, version=rejected,
+                  pointer=runtime.version)
+            if self._on_swap is not None:
+                self._on_swap(model, spec, predecessor, runtime, "registry", tenant)
+
+    def roll_back(self, tenant: str, model: str, spec: str, predecessor: ModelRuntime, rejected: str) -> bool:
+        """Pin `tenant` to `predecessor` instead of `rejected` while the pointer names `rejected`;
+        the other tenants keep the shared runtime.
 
         Called by the auto-rollback guard (worker thread); False if `rejected` no longer serves.
         """
         key = (model, spec)
         with self._swap_lock:
             serving = self._serving.get(key)
-            if serving is None or serving.version != rejected:
+            if serving is None or serving.version != rejected or (tenant, model, spec) in self._pinned:
                 return False
-            self._blocked[key] = rejected
-            self._serving[key] = predecessor
+            self._pinned[(tenant, model, spec)] = (rejected, predecessor)
         self._metrics.model_swaps.labels(model).inc()
-        event(log, "model serving", logging.WARNING, model=model, spec=spec, version=predecessor.version,
-              previous=rejected, reason="auto-rollback")
+        event(log, "model serving", logging.WARNING, tenant=tenant, model=model, spec=spec,
+              version=predecessor.version, previous=rejected, reason="auto-rollback")
         if self._on_swap is not None:
-            self._on_swap(model, spec, serving, predecessor, "auto-rollback")
+            self._on_swap(model, spec, serving, predecessor, "auto-rollback", tenant)
         return True
 
     def blocked(self) -> dict[str, str]:
-        return {f"{model}:{spec}": version for (model, spec), version in self._blocked.items()}
+        """`tenant/model:spec` -> version rolled back for that tenant (for /readyz)."""
+        return {f"{tenant}/{model}:{spec}": rejected for (tenant, model, spec), (rejected, _) in list(self._pinned.items())}
 
     def _shared_runtime(self, model: str, version: str) -> ModelRuntime | None:
-        """Reuse a runtime another spec already loaded (e.g. `current` and a pin on the same vN)."""
-        for (m, _), runtime in self._serving.items():
+        """Reuse a runtime another spec already loaded (e.g. `current` and a pin on the same vN), or
+        one a tenant is pinned to by an auto-rollback (the pointer moving back to it)."""
+        pinned = [((m, s), runtime) for (_, m, s), (_, runtime) in list(self._pinned.items())]
+        for (m, _), runtime in [*self._serving.items(), *pinned]:
             if m == model and runtime.version == version:
                 return runtime
         return None

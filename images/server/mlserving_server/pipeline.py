@@ -1,8 +1,10 @@
 """From an MQTT message to exactly one answer: admission, parsing, grouped inference, replies.
 
 Two threads touch this module:
-- the MQTT network thread runs `admit`: route check inputs, rate limit, queue bound. It does no
-  parsing beyond what a rejection needs, so the network loop never waits for a model;
+- the MQTT network thread runs `admit`: route check inputs, size limits (payload, Correlation
+  Data), rate limit, queue bounds (count and bytes per tenant). It does no parsing beyond what a
+  rejection needs, so the network loop never waits for a model; what it holds is bounded by
+  configuration (docs/server.md, "Overload");
 - the batching worker runs `process` on up to max_batch queued messages: parse each, group
   the valid ones by model runtime, run one inference per group, publish every answer.
 Every path through both functions ends in exactly one `_answer` / `_fail` per message.
@@ -24,7 +26,8 @@ from mlserving_common.protocol import ErrorCode, ProtocolError, Request
 from mlserving_server.batching import Batcher
 from mlserving_server.config import ServerConfig, TenantConfig
 from mlserving_server.lifecycle import Lifecycle
-from mlserving_server.metrics import Metrics
+from mlserving_server import legacy
+from mlserving_server.metrics import UNKNOWN_MODEL_LABEL, Metrics
 from mlserving_server.models import ModelStore
 from mlserving_server.ratelimit import TokenBucket
 from mlserving_server.runtime import ModelRuntime
@@ -87,6 +90,7 @@ class Pipeline:
         self._metrics = metrics
         self._lifecycle = lifecycle
         self._max_bytes = config.limits.max_payload_bytes
+        self._max_correlation = config.limits.max_correlation_bytes
         self._max_instances = config.limits.max_instances
         self.tenants = {
             name: Tenant(t, TokenBucket(t.rate_limit.per_second, t.rate_limit.burst)) for name, t in config.tenants.items()
@@ -98,6 +102,7 @@ class Pipeline:
             config.batching.max_wait_ms,
             config.limits.max_pending,
             name="batch-worker",
+            max_pending_bytes=config.limits.max_pending_bytes,
         )
         self.transport: Transport | None = None  # set by the app once created
 
@@ -109,10 +114,23 @@ class Pipeline:
         if tenant is None:
             log.warning("message on unexpected topic", extra={"fields": {"topic": topic}})
             return
-        item: Item = (tenant, payload, response_topic, correlation, arrived)
-        if not tenant.bucket.take():
+        if correlation is not None and len(correlation) > self._max_correlation:
+            # Never echoed: an answer carrying it would cost its size again at the broker and the client.
+            item: Item = (tenant, payload, response_topic, None, arrived)
+            self._reject(
+                item,
+                ErrorCode.INVALID_REQUEST,
+                f"correlation data is {len(correlation)} bytes, limit is {self._max_correlation}",
+            )
+            return
+        item = (tenant, payload, response_topic, correlation, arrived)
+        if len(payload) > self._max_bytes:  # answered now: an oversize payload is never queued
+            self._reject(
+                item, ErrorCode.PAYLOAD_TOO_LARGE, f"payload is {len(payload)} bytes, limit is {self._max_bytes}"
+            )
+        elif not tenant.bucket.take():
             self._reject(item, ErrorCode.RATE_LIMITED, f"tenant {tenant.name} is over its rate limit")
-        elif not self.batcher.submit(item, tenant):  # one lane per tenant: fair batches
+        elif not self.batcher.submit(item, tenant, len(payload)):  # one lane per tenant: fair batches
             self._reject(item, ErrorCode.OVERLOADED, "server queue is full, retry later")
 
     def _reject(self, item: Item, code: str, message: str) -> None:
@@ -152,6 +170,8 @@ class Pipeline:
             return None
         try:
             request = protocol.parse_request(payload, self._max_bytes, self._max_instances)
+            if request.normalized:  # the tutorial's payload, in the client's own units
+                request = legacy.to_readings(request, tenant.config.legacy, tenant.name)
         except ProtocolError as exc:
             self._fail(item, exc.request_id, exc.code, exc.message, "", "", topic)
             return None
@@ -163,12 +183,12 @@ class Pipeline:
                 request.id,
                 ErrorCode.UNKNOWN_MODEL,
                 f"model {model!r} is not served to tenant {tenant.name}; choose one of {sorted(tenant.models)}",
-                model,
+                UNKNOWN_MODEL_LABEL,  # the name is the client's: as a label value it would grow /metrics without bound
                 "",
                 topic,
             )
             return None
-        runtime = self._store.get(model, spec)
+        runtime = self._store.get(model, spec, tenant.name)  # a tenant's auto-rollback pin wins
         if runtime is None:
             self._fail(item, request.id, ErrorCode.MODEL_UNAVAILABLE, f"model {model} is not loaded yet", model, "", topic)
             return None
@@ -186,24 +206,36 @@ class Pipeline:
                     topic,
                 )
                 return None
+        if request.horizon is not None or runtime.calendar:
+            problem = self._model_inputs_problem(request, runtime, model)
+            if problem is not None:
+                self._fail(item, request.id, ErrorCode.INVALID_REQUEST, problem, model, runtime.version, topic)
+                return None
         return runtime, request, topic
+
+    @staticmethod
+    def _model_inputs_problem(request: Request, runtime: ModelRuntime, model: str) -> str | None:
+        """Why a request cannot be served by a day-ahead or calendar model, or None."""
+        if request.horizon is not None and request.horizon > runtime.horizon:
+            return f"'horizon' {request.horizon} exceeds model {model} {runtime.version}'s horizon {runtime.horizon}"
+        if runtime.calendar and request.times is None:
+            key = "times' (one per instance)" if request.batched else "time'"
+            return (f"model {model} {runtime.version} uses calendar inputs: give '{key}, the unix time in seconds"
+                    f" of the last reading (readings every {runtime.interval_s:g} s)")
+        return None
 
     def _infer(self, runtime: ModelRuntime, entries: list[tuple[Item, Request, str]]) -> None:
         try:
             rows = [instance for _, request, _ in entries for instance in request.instances]
             windows = np.array(rows, dtype=np.float32)
-            normalized = None
-            if any(request.normalized for _, request, _ in entries):
-                normalized = np.array(
-                    [request.normalized for _, request, _ in entries for _ in request.instances], dtype=bool
-                )
             sizes, timer = self._metrics.batch_for(runtime.name)
             started = _perf()
-            forecasts = runtime.predict(windows, normalized)
+            last_times = [t for _, request, _ in entries for t in request.times] if runtime.calendar else None
+            forecasts = runtime.predict(windows, last_times)
             timer.observe(_perf() - started)
             sizes.observe(len(rows))
             finite = np.isfinite(forecasts).all(axis=1)
-            values: list[Any] = forecasts[:, 0].tolist() if runtime.output_size == 1 else forecasts.tolist()
+            values: list[Any] = forecasts[:, 0].tolist()  # `prediction(s)`: the first step, whatever the horizon
         except Exception as exc:  # e.g. a poison input making the interpreter fail
             if len(entries) > 1:
                 # Retry one by one so that only the request that causes the failure fails.
@@ -223,9 +255,13 @@ class Pipeline:
                     item, request.id, ErrorCode.INTERNAL, "model produced a non-finite forecast", runtime.name, runtime.version, topic
                 )
             else:
-                body = protocol.encode_prediction(
-                    request, values[position : position + count], item[0].name, runtime.name, runtime.version
-                )
+                answer = values[position : position + count]
+                if request.normalized:
+                    answer = legacy.to_client_units(answer, item[0].config.legacy)
+                steps = None
+                if request.horizon is not None:
+                    steps = forecasts[position : position + count, : request.horizon].tolist()
+                body = protocol.encode_prediction(request, answer, item[0].name, runtime.name, runtime.version, steps)
                 self._send(item, topic, body, runtime.name, runtime.version, "ok")
             position += count
         if self._lifecycle is not None and self._lifecycle.active:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from mlserving_common.calendar import features_after
 from mlserving_common.package import MODEL_FILE, Metadata, PackageError, verify_package
 
 
@@ -75,14 +76,21 @@ class ModelRuntime:
         self.name = self.metadata.name
         self.version = self.metadata.version
         self.window = self.metadata.window
+        self.horizon = self.metadata.horizon
+        #: Calendar feature names (empty: none) and the reading interval they are computed with.
+        self.calendar = self.metadata.calendar_features
+        self.interval_s = float(self.metadata.calendar.get("interval_s", 0.0)) if self.calendar else 0.0
         self.mean = np.float32(self.metadata.normalization.mean)
         self.std = np.float32(self.metadata.normalization.std)
         self.inv_std = np.float32(1.0) / self.std
         self.input_dims = tuple(self.metadata.input.shape[1:])
         self.output_dims = tuple(self.metadata.output.shape[1:])
         self.output_size = int(np.prod(self.output_dims))
-        if int(np.prod(self.input_dims)) != self.window:
-            raise PackageError(f"input.shape: {self.metadata.input.shape} must hold exactly window={self.window} values")
+        if int(np.prod(self.input_dims)) != self.metadata.input_width:
+            raise PackageError(
+                f"input.shape: {self.metadata.input.shape} must hold exactly window={self.window}"
+                f" + {len(self.calendar)} calendar values"
+            )
         # Read once: later changes to the file on disk cannot affect a model that serves.
         model_bytes = (self.package_dir / MODEL_FILE).read_bytes()
         with _quiet_first_delegate():
@@ -129,23 +137,36 @@ class ModelRuntime:
         for bucket in self._buckets:
             sample = np.full((bucket.size, self.window), self.metadata.normalization.mean, dtype=np.float32)
             sample += np.linspace(-1.0, 1.0, self.window, dtype=np.float32) * self.std
+            times = np.full(bucket.size, 1.7e9) if self.calendar else None
             try:
-                output = self.predict(sample)
+                output = self.predict(sample, times)
             except (ValueError, RuntimeError) as exc:
                 raise PackageError(f"{MODEL_FILE}: warm-up inference failed at batch {bucket.size} ({exc})") from None
             if output.shape != (bucket.size, self.output_size) or not np.isfinite(output).all():
                 raise PackageError(f"{MODEL_FILE}: warm-up inference at batch {bucket.size} gave non-finite output")
 
-    def predict(self, windows: np.ndarray, normalized: np.ndarray | None = None) -> np.ndarray:
-        """(n, window) raw readings -> (n, output_size) forecasts in the same units.
+    def calendar_inputs(self, last_times: np.ndarray | list[float]) -> np.ndarray:
+        """A calendar model's extra inputs for windows whose last reading is at `last_times`."""
+        return features_after(last_times, self.interval_s, self.calendar)
 
-        Rows flagged in `normalized` (the legacy payload) are already z-scored and are answered
-        in normalised units.
+    def predict(self, windows: np.ndarray, last_times: np.ndarray | list[float] | None = None) -> np.ndarray:
+        """(n, window) raw readings -> (n, output_size) forecasts in the same units (output_size is
+        the horizon). A calendar model also needs each window's last reading time (unix s).
+
+        Readings near float32's limits may overflow to inf here: the caller answers a non-finite
+        forecast with an error, so numpy's RuntimeWarning (a plain-text stderr line) is muted.
         """
-        n = windows.shape[0]
-        scaled = (windows - self.mean) * self.inv_std
-        if normalized is not None:
-            scaled[normalized] = windows[normalized]
+        if self.calendar:
+            if last_times is None or len(last_times) != len(windows):
+                raise ValueError(f"model {self.name} {self.version} needs the time of each window's last reading")
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = (windows - self.mean) * self.inv_std
+            if self.calendar:
+                scaled = np.hstack([scaled, self.calendar_inputs(last_times)])
+            return self._predict(scaled)
+
+    def _predict(self, scaled: np.ndarray) -> np.ndarray:
+        n = scaled.shape[0]
         result = np.empty((n, self.output_size), dtype=np.float32)
         step = self.max_bucket
         for start in range(0, n, step):
@@ -159,7 +180,4 @@ class ModelRuntime:
             bucket.interpreter.set_tensor(bucket.input_index, bucket.buffer)
             bucket.interpreter.invoke()
             result[start : start + rows] = bucket.interpreter.get_tensor(bucket.output_index)[:rows].reshape(rows, -1)
-        forecasts = result * self.std + self.mean
-        if normalized is not None:
-            forecasts[normalized] = result[normalized]
-        return forecasts
+        return result * self.std + self.mean

@@ -4,6 +4,14 @@
   to offline members that keep a session, so a replica that goes away must take its session along.
 - TCP_NODELAY on our socket (paho never sets it): without it QoS 1 round trips fall ~8x (Nagle).
 - Reconnects with backoff forever; subscriptions are re-made on every connect.
+- Flow control (docs/server.md, "Overload"): CONNECT carries Receive Maximum
+  (limits.receive_maximum), the broker's window of unacknowledged requests in flight to us, and
+  requests are acknowledged (paho's public manual_ack / ack()) only once the pipeline took
+  them: queued, or answered (e.g. `overloaded`). While limits.max_outgoing answers wait for the
+  broker's PUBACK, new requests are held unacknowledged and taken, oldest first, as PUBACKs come
+  in, so answers never pile up beyond that bound. (Mosquitto 2.0.11 delivers past the window
+  when acknowledgements are held back, see `_receive`: what is held is then bounded by the
+  broker's per-session queue limits, at the cost of a payload each, not of an answer.)
 - `_FastClient` trims paho's per-message overhead; see its docstring. In profiles under load
   it cut the server's CPU per request by more than half.
 """
@@ -38,8 +46,13 @@ _MS_WAIT_PUBREC = mqtt.mqtt_ms_wait_for_pubrec
 _PUBLISH, _PUBACK, _DISCONNECT = mqtt.PUBLISH, mqtt.PUBACK, mqtt.DISCONNECT
 _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+#: QoS 1 answers in flight to the broker at most. Mosquitto acknowledges a QoS 1 PUBLISH as soon
+#: as it has queued it, so its own CONNACK Receive Maximum never runs out for us.
+MAX_INFLIGHT = 1000
 #: handler(topic, payload, response topic, correlation data), called in the network thread.
 MessageHandler = Callable[[str, bytes, "str | None", "bytes | None"], None]
+#: fast_handler(topic, payload, response topic, correlation data, packet id, QoS).
+RawHandler = Callable[[str, bytes, "str | None", "bytes | None", int, int], None]
 
 
 class _FastClient(mqtt.Client):
@@ -56,7 +69,10 @@ class _FastClient(mqtt.Client):
     - at most MAX_OUTSTANDING QoS>0 messages are handed to paho: packet ids are 16 bits, and
       paho refuses (MQTT_ERR_QUEUE_SIZE, the answer is lost) a publish whose id is still in use,
       which a flood of requests answered faster than the broker acknowledges reaches. Later ones
-      wait in order in `_overflow` and enter as PUBACKs free ids.
+      wait in order in `_overflow` and enter as PUBACKs free ids. `_overflow` is bounded by
+      configuration, not load: Transport stops taking requests beyond limits.max_outgoing
+      unacknowledged answers, so at most max_outgoing plus what the tenants' queues (max_pending
+      each) and one batch held can be waiting in all.
     Each falls back to paho's own code for anything unusual (QoS 2, topic aliases, external
     event loops). Relies on paho 2.2 internals; the version is pinned in pyproject.toml and
     tests/unit/test_server_transport.py checks the codec against paho's.
@@ -73,8 +89,8 @@ class _FastClient(mqtt.Client):
         self._queued_mids: deque[int] = deque()
         self._overflow: deque[tuple[tuple[Any, ...], dict[str, Any]]] = deque()
         self._wake_pending = False
-        #: Called as handler(topic, payload, response_topic, correlation) for decoded PUBLISHes.
-        self.fast_handler: Callable[[str, bytes, str | None, bytes | None], None] | None = None
+        #: Called as handler(topic, payload, response_topic, correlation, mid, qos) for decoded PUBLISHes.
+        self.fast_handler: RawHandler | None = None
 
     def reconnect(self) -> MQTTErrorCode:
         self._rbuf = bytearray()  # bytes of the previous connection mean nothing on the next
@@ -213,7 +229,7 @@ class _FastClient(mqtt.Client):
         if decoded is None:
             return super()._handle_publish()
         topic, mid, payload, response_topic, correlation = decoded
-        handler(topic, payload, response_topic, correlation)
+        handler(topic, payload, response_topic, correlation, mid, qos)
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -341,15 +357,27 @@ class Transport:
         self._closing = False
         self._unacked = 0
         self.last_message = time.monotonic()
+        limits = config.limits
+        self._receive_maximum = limits.receive_maximum
+        self._max_outgoing = limits.max_outgoing if self._qos else 0  # QoS 0 answers are never acknowledged
+        #: Requests received while max_outgoing answers were unacknowledged: (connection, mid, qos, message).
+        self._held: deque[tuple[int, int, int, tuple[str, bytes, str | None, bytes | None]]] = deque()
+        self._connection = 0  # incremented on every connect: a held packet id is only valid on its own
+        self._handler = self._wrap(on_message)
+        metrics.track_transport(held=self.held, outgoing=self.unacked)
 
         client = _FastClient(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, reconnect_on_failure=True
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=True,
+            manual_ack=True,  # acknowledged once taken, see _receive
         )
         if config.broker.username:
             client.username_pw_set(config.broker.username, config.broker.password)
         if config.broker.tls.enabled:
             client.tls_set(ca_certs=config.broker.tls.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        client.max_inflight_messages_set(1000)
+        client.max_inflight_messages_set(MAX_INFLIGHT)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_socket_open = _set_nodelay
@@ -358,13 +386,14 @@ class Transport:
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         client.on_publish = self._on_publish
-        handler = self._wrap(on_message)
-        client.fast_handler = handler
-        client.on_message = lambda c, u, m: handler(
+        client.fast_handler = self._receive
+        client.on_message = lambda c, u, m: self._receive(
             m.topic,
             m.payload,
             getattr(m.properties, "ResponseTopic", None),
             getattr(m.properties, "CorrelationData", None),
+            m.mid,
+            m.qos,
         )
         self._client = client
 
@@ -378,11 +407,50 @@ class Transport:
 
         return on_message
 
+    # -- flow control (network thread) ----------------------------------------------------------
+    def _receive(
+        self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None, mid: int, qos: int
+    ) -> None:
+        """Hand a request to the pipeline and acknowledge it, or hold it while answers back up."""
+        self.last_message = time.monotonic()
+        if self._held and self._unacked < self._max_outgoing:
+            self._take_held()  # first come, first taken
+        if self._max_outgoing and (self._held or self._unacked >= self._max_outgoing):
+            # Unacknowledged, it keeps one of the broker's Receive Maximum slots: the broker keeps
+            # the rest of the backlog itself. Mosquitto 2.0.11 overfills that window when the
+            # oldest in-flight message is acknowledged while others wait (db__message_delete_outgoing
+            # refills by the count of messages ahead of the one acknowledged): measured, 4,417
+            # held with Receive Maximum 16. Acknowledging newest first did not keep it either
+            # in a flood (38,018 held) and made the broker's linear search of its in-flight list
+            # per PUBACK far slower (54,364 answers came too late). So `held` is bounded by the
+            # broker's per-session queue limits
+            # (max_queued_messages / max_queued_bytes); a held request costs its payload, not an
+            # answer's worth.
+            self._held.append((self._connection, mid, qos, (topic, payload, response_topic, correlation)))
+            return
+        self._handler(topic, payload, response_topic, correlation)
+        if qos:
+            self._client.ack(mid, qos)
+
+    def _take_held(self) -> None:
+        """Take held requests, oldest first, while fewer than max_outgoing answers await a PUBACK."""
+        held = self._held
+        while held and self._unacked < self._max_outgoing:
+            connection, mid, qos, message = held.popleft()
+            self._handler(*message)
+            if qos and connection == self._connection:  # else: that packet id died with its connection
+                self._client.ack(mid, qos)
+
+    def held(self) -> int:
+        """Requests received and not yet taken (nor acknowledged) because answers backed up."""
+        return len(self._held)
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; paho keeps retrying until the broker answers."""
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 0
+        properties.ReceiveMaximum = self._receive_maximum  # the broker's in-flight window to us
         self._client.connect_async(
             self._config.broker.host,
             self._config.broker.port,
@@ -480,12 +548,15 @@ class Transport:
             self._subscribed.clear()
             self._pending_sub.clear()
             wanted = sorted(self._wanted)
+        self._connection += 1
         self._set_connected(True)
         self._metrics.broker_connects.inc()
         self._metrics.subscribed.set(0)
         event(log, "broker connected", host=self._config.broker.host, port=self._config.broker.port)
         for tenant in wanted:
             self._subscribe_one(tenant)
+        if self._held and self._unacked < self._max_outgoing:
+            self._take_held()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._set_connected(False)
@@ -521,6 +592,8 @@ class Transport:
         if self._qos:
             with self._lock:
                 self._unacked -= 1
+            if self._held and self._unacked < self._max_outgoing:
+                self._take_held()
 
 
 class PackedProperties:
