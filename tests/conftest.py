@@ -109,16 +109,19 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 
 @pytest.fixture
-def broker(tmp_path: Path, tls_files: TlsFiles) -> Iterator[BrokerHandle]:
+def broker(request: pytest.FixtureRequest, tmp_path: Path, tls_files: TlsFiles) -> Iterator[BrokerHandle]:
     """Plain listener on .port, TLS listener (same users) on .local.tls_port.
 
     Users: tenant-a, tenant-b (default topics), legacy (the tutorial's inqueue/lstm and
-    outqueue/lstm), server, trainer.
+    outqueue/lstm), server, trainer. A test marked `broker_plugin_options(key=value)` gets the
+    broker plugin with those options over the defaults.
     """
     topics = {tenant: tenant_topics(tenant) for tenant in TENANTS}
     topics[LEGACY_TENANT] = LEGACY_TOPICS
     users = make_broker_users(topics)
-    with LocalBroker(users, workdir=tmp_path / "mosquitto", tls=tls_files) as local:
+    marker = request.node.get_closest_marker("broker_plugin_options")
+    options = marker.kwargs if marker else None
+    with LocalBroker(users, workdir=tmp_path / "mosquitto", tls=tls_files, plugin_options=options) as local:
         yield BrokerHandle(local, {u.username: u for u in users}, topics)
 
 
@@ -550,17 +553,23 @@ def run_load(
 ) -> dict[str, Any]:
     """Send `count` requests (optionally paced), resend unanswered ones after `retry_after` s.
 
-    Returns sent/answered/lost/errors/duplicates and the versions seen, in answer order.
+    Returns sent/answered/lost/errors/duplicates, `refused` (requests whose last PUBLISH the
+    broker refused, PUBACK >= 0x80: an explicit error, not a loss) and the versions seen, in
+    answer order.
     """
     ids = [f"load-{uuid.uuid4().hex[:12]}-{i}" for i in range(count)]
     sent_at: dict[str, float] = {}
+    mids: dict[str, int] = {}
+
+    def refused(request_id: str) -> bool:
+        return client.pub_results.get(mids[request_id], 0) >= 0x80
     start = time.monotonic()
     for i, request_id in enumerate(ids):
         if rate:
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        client.send({"id": request_id, "series": series})
+        mids[request_id] = client.send({"id": request_id, "series": series})
         sent_at[request_id] = time.monotonic()
         if on_progress is not None:
             on_progress(i)
@@ -568,23 +577,27 @@ def run_load(
     retries = 0
     while time.monotonic() < deadline:
         missing = [i for i in ids if i not in client.answers]
+        if retry_after is None:
+            missing = [i for i in missing if not refused(i)]
         if not missing:
             break
         if retry_after is not None:
             now = time.monotonic()
             for request_id in missing:
                 if now - sent_at[request_id] > retry_after:
-                    client.send({"id": request_id, "series": series})
+                    mids[request_id] = client.send({"id": request_id, "series": series})
                     sent_at[request_id] = now
                     retries += 1
         time.sleep(0.1)
     answered = [i for i in ids if i in client.answers]
+    refusals = sum(1 for i in ids if i not in client.answers and refused(i))
     firsts = sorted((client.answers[i][0] for i in answered), key=lambda a: a.received)
     errors = [a.body for i in answered for a in client.answers[i] if "error" in a.body]
     return {
         "sent": count,
         "answered": len(answered),
-        "lost": count - len(answered),
+        "lost": count - len(answered) - refusals,
+        "refused": refusals,
         "errors": errors,
         "duplicates": sum(len(client.answers[i]) - 1 for i in answered),
         "retries": retries,

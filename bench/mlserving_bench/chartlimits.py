@@ -42,8 +42,3 @@ def server_limits(path: Path = CHART_VALUES) -> dict[str, int]:
     raw = _values(path)["server"]["config"]["limits"]
     return {re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower(): int(value) for key, value in raw.items()}
 
-
-def broker_queued_messages(path: Path = CHART_VALUES) -> int:
-    """The broker's per-session queue (messages): how long a flood's backlog can be before
-    Mosquitto drops what is queued for the servers (docs/protocol.md, "Delivery and back-pressure")."""
-    return int(_values(path)["broker"]["config"]["maxQueuedMessages"])

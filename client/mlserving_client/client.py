@@ -5,7 +5,9 @@ under the tenant's response namespace (`<tenant response topic>/<client id>`), t
 the server answers into. A request that gets no answer in time is sent again with the SAME id,
 so the server's answer to any attempt completes it and later answers are counted as
 duplicates and ignored. Error answers raise PredictionError; codes the protocol marks
-retryable are retried first.
+retryable are retried first. A request whose PUBLISH the broker refuses (PUBACK reason code
+>= 0x80: the tenant's backlog or budget is full) fails the same way, at once, with the code
+`refused_by_broker` instead of waiting out its timeout as if it were lost.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ DONE_MEMORY = 100_000
 
 
 class PredictionError(Exception):
-    """The server answered with an error (see protocol.ErrorCode)."""
+    """The server answered with an error, or the broker refused the request (see protocol.ErrorCode)."""
 
     def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
@@ -166,11 +168,14 @@ class Client:
         self._ready = threading.Event()
         self._failure: str | None = None
         self._subscribe_mid: int | None = None
+        #: mid of each QoS >= 1 request PUBLISH -> (request id, attempt), to tell which one a refusal names.
+        self._pubacks: transport.PubackTracker[tuple[str, int]] = transport.PubackTracker()
 
         self._mqtt = transport.make_client(self.client_id, username, password, tls_ca)
         self._mqtt.on_connect = self._on_connect
         self._mqtt.on_subscribe = self._on_subscribe
         self._mqtt.on_message = self._on_message
+        self._mqtt.on_publish = self._on_publish
         self._mqtt.on_disconnect = self._on_disconnect
         self._timer_thread = threading.Thread(target=self._run_timers, name="mlserving-client-timers", daemon=True)
         self._timer_thread.start()
@@ -292,7 +297,54 @@ class Client:
         props = transport.publish_properties(self.reply_topic, pending.request_id.encode())
         # With QoS >= 1 paho queues the message while disconnected and sends it on reconnect;
         # with QoS 0 it is dropped and the retry timer resends it.
-        self._mqtt.publish(self.request_topic, pending.payload, qos=self.qos, properties=props)
+        attempt = pending.attempt
+        info = self._mqtt.publish(self.request_topic, pending.payload, qos=self.qos, properties=props)
+        if self.qos:
+            code = self._pubacks.sent(info.mid, (pending.request_id, attempt))
+            if code is not None and code >= transport.REFUSED:  # refused before publish() returned
+                self._refused(pending.request_id, attempt, code)
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason_code: Any,
+                    _properties: Any) -> None:
+        """PUBACK of a request (QoS 1; PUBCOMP at QoS 2): a reason code >= 0x80 means the broker
+        refused it and no server will ever see it, so the request fails now, not at its timeout."""
+        if not self.qos:
+            return  # QoS 0: paho reports the write, the broker acknowledges nothing
+        key = self._pubacks.acked(mid, reason_code.value)
+        if key is not None and reason_code.value >= transport.REFUSED:
+            self._refused(key[0], key[1], reason_code.value)
+
+    def _count_stray(self, rid: object) -> None:
+        """An answer to no pending request: a duplicate if it names a completed one."""
+        with self._lock:
+            if isinstance(rid, str) and rid in self._done:
+                self._stats.duplicates += 1
+            else:
+                self._stats.unexpected += 1
+
+    def _refused(self, rid: str, attempt: int, code: int) -> None:
+        event(log, "request_refused", logging.DEBUG, request_id=rid, attempt=attempt, reason_code=code)
+        self._settle_error(rid, protocol.ErrorCode.REFUSED_BY_BROKER, transport.refusal_message(code), attempt)
+
+    def _settle_error(self, rid: str, code: str, message: str, attempt: int | None = None) -> bool:
+        """An error for request `rid` (an error answer, or the broker refusing attempt `attempt`):
+        resent after the backoff if the code is retryable and attempts remain, else the request
+        fails with PredictionError. False if `rid` is not pending (or a later attempt already is)."""
+        with self._lock:
+            pending = self._pending.get(rid)
+            if pending is None or (attempt is not None and attempt != pending.attempt):
+                return False
+            self._stats.errors[code] += 1
+            if code in protocol.ErrorCode.RETRYABLE and pending.attempt < pending.max_attempts:
+                if not pending.resend_scheduled:
+                    pending.resend_scheduled = True
+                    self._schedule(time.monotonic() + self._retry_delay(pending.attempt), "resend", rid,
+                                   pending.attempt)
+                return True
+            del self._pending[rid]
+            self._remember_done(rid)
+        _resolve(pending.future, exc=PredictionError(code, message, rid))
+        return True
 
     def _schedule(self, when: float, action: str, rid: str, attempt: int) -> None:
         """Caller holds the lock."""
@@ -394,34 +446,18 @@ class Client:
         correlation = getattr(msg.properties, "CorrelationData", None)
         rid = correlation.decode(errors="replace") if correlation else body.get("id")
         error = body.get("error")
-        retry = False
-        with self._lock:
-            pending = self._pending.get(rid) if isinstance(rid, str) else None
-            if pending is None:
-                if rid in self._done:
-                    self._stats.duplicates += 1
-                else:
-                    self._stats.unexpected += 1
-                return
-            if isinstance(error, dict):
-                code = str(error.get("code", protocol.ErrorCode.INTERNAL))
-                self._stats.errors[code] += 1
-                if code in protocol.ErrorCode.RETRYABLE and pending.attempt < pending.max_attempts:
-                    if not pending.resend_scheduled:
-                        pending.resend_scheduled = True
-                        self._schedule(time.monotonic() + self._retry_delay(pending.attempt), "resend", rid,
-                                       pending.attempt)
-                    retry = True
-            else:
-                self._stats.answered += 1
-            if not retry:
-                del self._pending[rid]
-                self._remember_done(rid)
-        if retry:
-            return
         if isinstance(error, dict):
-            _resolve(pending.future, exc=PredictionError(str(error.get("code", protocol.ErrorCode.INTERNAL)),
-                                                         str(error.get("message", "")), rid))
+            code, message = str(error.get("code", protocol.ErrorCode.INTERNAL)), str(error.get("message", ""))
+            if not (isinstance(rid, str) and self._settle_error(rid, code, message)):
+                self._count_stray(rid)
+            return
+        with self._lock:
+            pending = self._pending.pop(rid, None) if isinstance(rid, str) else None
+            if pending is not None:
+                self._stats.answered += 1
+                self._remember_done(rid)
+        if pending is None:
+            self._count_stray(rid)
             return
         values = body.get("predictions") if pending.batched else [body.get("prediction")]
         _resolve(pending.future, result=Prediction(

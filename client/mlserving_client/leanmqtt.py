@@ -5,8 +5,10 @@ costs about as much per request as a minimal echo server does (PUBLISH propertie
 through a generic, reflective Properties class; every packet is its own send() call and wakes
 the network thread). This client does only what a load run needs: it writes pre-encoded
 packets, parses just the Correlation Data of incoming PUBLISHes, and coalesces writes — all
-PUBACKs and follow-up requests triggered by one read go out in one send(). The price: no TLS,
-no QoS 2, no reconnect (a broken connection fails the lane; unanswered requests count as lost).
+PUBACKs and follow-up requests triggered by one read go out in one send(). A PUBACK with a
+failure reason code (the broker refused a PUBLISH) is reported by packet id through
+`on_refused`. The price: no TLS, no QoS 2, no reconnect (a broken connection fails the lane;
+unanswered requests count as lost).
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def _properties(buf: bytes | bytearray, pos: int, end: int) -> dict[int, object]
 
 
 class LeanClient:
-    """One MQTT v5 connection. `on_message(correlation, payload, now_ns)` runs in the reader thread."""
+    """One MQTT v5 connection. `on_message(correlation, payload, now_ns)` and
+    `on_refused(packet_id, reason_code)` (a PUBACK with reason code >= 0x80) run in the reader thread."""
 
     def __init__(self, host: str, port: int, client_id: str, username: str | None, password: str | None,
                  keepalive: int = 60) -> None:
@@ -135,6 +138,7 @@ class LeanClient:
         self._acked = 0  # PUBACKs received, by the reader thread only
         self._window = threading.Event()  # set by the reader when PUBACKs arrive
         self.on_message: Callable[[bytes | None, bytes, int], None] | None = None
+        self.on_refused: Callable[[int, int], None] | None = None
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -278,6 +282,7 @@ class LeanClient:
         buf = self._buf
         out = self._pending_out
         on_message = self.on_message
+        on_refused = self.on_refused
         perf = time.perf_counter_ns
         while self._running:
             try:
@@ -339,6 +344,13 @@ class LeanClient:
                 elif kind == PUBACK:
                     self._acked += 1
                     self._window.set()
+                    # packet id, then a reason code unless it is 0 (success) with no properties
+                    if length > 2 and buf[p + 2] >= 0x80 and on_refused is not None:
+                        try:
+                            on_refused((buf[p] << 8) | buf[p + 1], buf[p + 2])
+                        except Exception as exc:
+                            self._fail(f"refusal handler failed: {exc!r}")
+                            raise
                 elif kind == DISCONNECT:
                     reason = buf[p] if length else 0
                     self._fail(f"broker disconnected us: reason code 0x{reason:02x}")

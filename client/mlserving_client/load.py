@@ -6,7 +6,9 @@ the id in, so the per-request cost is a bytes join, a dict insert and paho's pub
 are matched by MQTT v5 Correlation Data in paho's network thread; latencies are
 perf_counter_ns differences. Open loop sends at a fixed rate whatever the server does (the
 honest way to measure latency under a given load); closed loop keeps a fixed number of
-requests outstanding (the way to find saturation throughput).
+requests outstanding (the way to find saturation throughput). A request whose PUBLISH the
+broker refuses (PUBACK reason code >= 0x80, matched by packet id) counts at once as an error
+`refused_by_broker`, neither answered nor lost, and in closed loop frees its slot.
 
 `run_load` is the entry point for the CLI, benchmarks and tests.
 """
@@ -268,10 +270,13 @@ class _PahoConnection:
         self.ready = threading.Event()
         self._subscribe_mid: int | None = None
         self._topic_field = transport.response_topic_field(lane.reply_topic)
+        self._pubacks: transport.PubackTracker[bytes] = transport.PubackTracker()
         self.client = transport.make_client(lane.client_id, lane.target.username, lane.target.password, spec.tls_ca)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        if lane.qos:
+            self.client.on_publish = self._on_publish
 
     def start(self, spec: LoadSpec) -> None:
         transport.start(self.client, spec.host, spec.port)
@@ -284,7 +289,11 @@ class _PahoConnection:
 
     def publish(self, rid: bytes, payload: bytes) -> None:
         props = transport.PublishProperties(self.lane.reply_topic, rid, self._topic_field)
-        self.client.publish(self.lane.request_topic, payload, self.lane.qos, properties=props)
+        info = self.client.publish(self.lane.request_topic, payload, self.lane.qos, properties=props)
+        if self.lane.qos:
+            code = self._pubacks.sent(info.mid, rid)
+            if code is not None and code >= transport.REFUSED:  # refused before publish() returned
+                self.lane.on_refused(rid)
 
     def publish_many(self, requests: list[tuple[bytes, bytes]]) -> None:
         for rid, payload in requests:
@@ -308,6 +317,11 @@ class _PahoConnection:
                 self.failure = f"subscription to {self.lane.reply_topic} refused: {reason_codes[0]}"
             self.ready.set()
 
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason_code: Any, _p: Any) -> None:
+        rid = self._pubacks.acked(mid, reason_code.value)
+        if rid is not None and reason_code.value >= transport.REFUSED:
+            self.lane.on_refused(rid)
+
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.perf_counter_ns()
         self.lane.on_answer(getattr(msg.properties, "CorrelationData", None), cast(bytes, msg.payload), now)
@@ -322,6 +336,10 @@ class _LeanConnection:
         self.client = leanmqtt.LeanClient(spec.host, spec.port, lane.client_id, lane.target.username,
                                           lane.target.password)
         self.client.on_message = lane.on_answer
+        self.client.on_refused = self._on_refused
+        #: packet id -> request id of QoS 1 requests; an id is reused only once acknowledged, so
+        #: entries are simply overwritten (no per-PUBACK bookkeeping on the hot path).
+        self._rids: dict[int, bytes] = {}
         self._header = leanmqtt.publish_header(spec.qos)
         self._topic = leanmqtt.utf8_field(lane.request_topic)
         self._topic_field = transport.response_topic_field(lane.reply_topic)
@@ -353,13 +371,20 @@ class _LeanConnection:
     def _encode(self, rid: bytes, payload: bytes) -> bytes:
         props = transport.PublishProperties(self.lane.reply_topic, rid, self._topic_field).pack()
         if self.qos:
-            body = b"".join((self._topic, self.client.next_packet_id().to_bytes(2, "big"), props, payload))
+            packet_id = self.client.next_packet_id()
+            self._rids[packet_id] = rid
+            body = b"".join((self._topic, packet_id.to_bytes(2, "big"), props, payload))
         else:
             body = b"".join((self._topic, props, payload))
         return bytes((self._header,)) + leanmqtt.varint(len(body)) + body
 
     def publish(self, rid: bytes, payload: bytes) -> None:
         self.client.publish(self._encode(rid, payload), self.qos)
+
+    def _on_refused(self, packet_id: int, _reason_code: int) -> None:
+        rid = self._rids.pop(packet_id, None)
+        if rid is not None:
+            self.lane.on_refused(rid)
 
     def publish_many(self, requests: list[tuple[bytes, bytes]]) -> None:
         self.client.publish_many([self._encode(rid, payload) for rid, payload in requests], self.qos)
@@ -448,6 +473,15 @@ class _Lane:
             self.errors[str(error.get("code") if isinstance(error, dict) else error)] += 1
         if self.on_reply is not None:
             self.on_reply(self, rid)  # type: ignore[arg-type]
+
+    def on_refused(self, rid: bytes) -> None:
+        """The broker refused this request's PUBLISH: no server will see it, so it is an error now
+        (neither answered nor lost) and, in closed loop, its slot goes to a new request."""
+        if self.inflight.pop(rid, None) is None:
+            return
+        self.errors[protocol.ErrorCode.REFUSED_BY_BROKER] += 1
+        if self.on_reply is not None:
+            self.on_reply(self, rid)
 
     def _stray(self, rid: bytes | None) -> None:
         """An answer to nothing in flight: a duplicate if it names one of our past ids."""

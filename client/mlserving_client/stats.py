@@ -94,7 +94,8 @@ def summarize_ns(samples_ns: Iterable[int]) -> LatencySummary:
 class Counters:
     """Outcome of a set of requests. Invariant once a run is over: sent == answered + errors + lost.
 
-    answered: successful answers; errors: error answers by code; lost: no answer within the
+    answered: successful answers; errors: error answers by code, and requests the broker refused
+    (`refused_by_broker`, a PUBACK reason code >= 0x80); lost: no answer within the
     grace period; duplicates: further answers to a request already answered; unexpected:
     answers that match no request we sent.
     """

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import uuid
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -20,6 +21,10 @@ from mlserving_common import protocol
 
 #: Receive Maximum we announce, so the broker may keep many QoS 1 answers in flight to us.
 RECEIVE_MAXIMUM = 65535
+#: PUBACK reason codes from this value up are failures: the broker refused the PUBLISH.
+REFUSED = 0x80
+
+K = TypeVar("K")
 
 
 def new_client_id(username: str | None, kind: str = "mlc") -> str:
@@ -126,3 +131,48 @@ def publish_properties(response_topic: str, correlation: bytes) -> PublishProper
     if len(correlation) > 0xFFFF:
         raise ValueError("correlation data is too long")
     return PublishProperties(response_topic, correlation)
+
+
+class PubackTracker(Generic[K]):
+    """Which request a QoS 1 PUBLISH's PUBACK belongs to, by paho message id (mid).
+
+    Why: a broker refusal (PUBACK reason code >= 0x80) names only the packet id, and paho reports
+    it through `on_publish(mid, reason_code)` from its network thread, possibly before `publish()`
+    has returned that mid to the caller. The caller cannot hold a lock across `publish()` that
+    `on_publish` also takes (paho calls on_publish under its own lock, which publish() takes too:
+    a deadlock), so an acknowledgement that arrives first is kept until `sent()` claims it.
+    Bounded: mids are 1..65535 and an entry leaves with its PUBACK.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[int, K] = {}
+        self._early: dict[int, int] = {}
+
+    def sent(self, mid: int, key: K) -> int | None:
+        """Record that `mid` carries `key`; the PUBACK's reason code if it already arrived, else None."""
+        with self._lock:
+            code = self._early.pop(mid, None)
+            if code is None:
+                self._keys[mid] = key
+            return code
+
+    def acked(self, mid: int, code: int) -> K | None:
+        """The key of `mid`'s PUBLISH, or None if `sent()` has not named it yet (then it returns `code`)."""
+        with self._lock:
+            key = self._keys.pop(mid, None)
+            if key is None:
+                self._early[mid] = code
+            return key
+
+    def __len__(self) -> int:
+        return len(self._keys) + len(self._early)
+
+
+def refusal_message(code: int) -> str:
+    """The message of a refused_by_broker error: the PUBACK reason code, by number and name."""
+    try:
+        name = mqtt.ReasonCode(PacketTypes.PUBACK, identifier=code).getName()
+    except KeyError:  # an identifier paho does not know for PUBACK
+        name = "unknown reason"
+    return f"the broker refused the request's PUBLISH: PUBACK reason code 0x{code:02x} ({name})"

@@ -47,11 +47,11 @@ DEFAULT_LIMITS: dict[str, int | str] = {
     # A payload over this is refused with PUBACK 0x95 (packet too large). Above the server's
     # max_payload_bytes, so a request a little too big gets the server's payload_too_large answer.
     "message_size_limit": SERVER_MAX_PAYLOAD + 4 * 1024,
-    # Per session: QoS 1 messages queued beyond those in flight, and their payload bytes. The
-    # count stays large (a flood's backlog waits here for the servers, which leave requests
-    # unacknowledged while busy: docs/server.md); the bytes bound the memory.
-    "max_queued_messages": 100_000,
-    "max_queued_bytes": 32 * 1024 * 1024,
+    # Per session: QoS 1 messages queued beyond those in flight, and their payload bytes; both
+    # bound its memory (~1.05 KiB a message). Above the plugin's tenant_backlog, so a tenant's
+    # whole backlog fits in one server's session and the broker never drops it.
+    "max_queued_messages": 20_000,
+    "max_queued_bytes": 16 * 1024 * 1024,
     # Per session: QoS 1 messages (and their payload bytes) sent but not yet acknowledged.
     "max_inflight_messages": 100,
     "max_inflight_bytes": 2 * 1024 * 1024,
@@ -107,6 +107,10 @@ DEFAULT_PLUGIN_OPTIONS: dict[str, Any] = {
     # max_queued_bytes counts payload only, so this bounds the rest of a queued message. The
     # server echoes at most 256 bytes of Correlation Data (limits.max_correlation_bytes).
     "max_properties_bytes": 512,
+    # Requests a tenant may have unanswered; over it the broker refuses them (PUBACK 0x87) rather
+    # than let a flood's backlog outgrow a server's session queue (max_queued_messages), where
+    # Mosquitto would drop it silently.
+    "tenant_backlog": 16_000,
 }
 
 

@@ -40,9 +40,13 @@ class ErrorCode:
     OVERLOADED = "overloaded"
     MODEL_UNAVAILABLE = "model_unavailable"
     INTERNAL = "internal"
+    #: Never sent by a server: a client reports it when the broker answers its request PUBLISH
+    #: with a PUBACK reason code >= 0x80 (the tenant's backlog or publish budget is full, or the
+    #: publish is not authorized), so the request fails at once instead of looking lost.
+    REFUSED_BY_BROKER = "refused_by_broker"
 
     #: Codes after which resending the same request may succeed.
-    RETRYABLE = frozenset({"rate_limited", "overloaded", "model_unavailable", "internal"})
+    RETRYABLE = frozenset({"rate_limited", "overloaded", "model_unavailable", "internal", "refused_by_broker"})
 
 
 def request_topic(tenant: str, prefix: str = DEFAULT_PREFIX) -> str:

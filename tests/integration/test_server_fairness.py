@@ -83,9 +83,10 @@ def check_both_served(flood: Flood) -> None:
     a, b = flood.a, flood.b
     assert b.counters.sent >= B_RATE * (FLOOD_SECONDS - 3.0) * 0.9
     assert (b.counters.answered, b.counters.error_total, b.counters.lost) == (b.counters.sent, 0, 0)
-    # Every request of A was answered or refused explicitly (overloaded); none vanished.
+    # Every request of A was answered or refused explicitly (overloaded by the server, or by the
+    # broker once A's backlog was full); none vanished.
     assert a.counters.lost == 0
-    assert set(a.counters.errors) <= {"overloaded"}
+    assert set(a.counters.errors) <= {"overloaded", "refused_by_broker"}
     assert a.counters.answered + a.counters.error_total == a.counters.sent
 
 

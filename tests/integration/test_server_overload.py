@@ -137,7 +137,7 @@ def check(flood: Flood, peak_mib: float, layout: str, broker) -> None:  # noqa: 
     # A loss here is the broker's (its per-session queue in front of the server overflowed): the
     # server answers everything it receives. The message names it so the two are not confused.
     assert lost == 0, f"{lost} of tenant-a's {sent} requests got no answer at all; broker: {broker_drops(broker)}"
-    assert set(errors) <= {"overloaded"}
+    assert set(errors) <= {"overloaded", "refused_by_broker"}  # refused by the server, or by the broker (tenant_backlog)
     assert answered + sum(errors.values()) == sent
     assert b.counters.sent >= B_RATE * (FLOOD_SECONDS - 3.0) * 0.9
     assert (b.counters.answered, b.counters.error_total, b.counters.lost) == (b.counters.sent, 0, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,17 +24,7 @@ def plot_forecasts(
     ax.plot(hours, np.asarray(actual)[sl], label="actual", color="black", linewidth=1.2)
     ax.plot(hours, np.asarray(predicted)[sl], label="model", color="tab:blue", linewidth=1.0)
     ax.plot(hours, np.asarray(naive)[sl], label="naive (last value)", color="tab:orange", linewidth=0.8, alpha=0.7)
-    ax.set_xlabel("hours into the plotted test range")
-    ax.set_ylabel("value")
-    ax.set_title(title)
-    ax.legend(loc="upper right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title, "hours into the plotted test range")
 
 
 def plot_candidates(
@@ -52,10 +43,15 @@ def plot_candidates(
     ax.plot(hours, np.asarray(actual)[sl], label="actual", color="black", linewidth=1.4)
     for name, values in lines.items():
         ax.plot(hours, np.asarray(values)[sl], label=name, linewidth=0.9, alpha=0.85)
-    ax.set_xlabel("hours into the plotted backtest range")
+    return _save(fig, ax, path, title, "hours into the plotted backtest range", legend_size="small")
+
+
+def _save(fig: Any, ax: Any, path: Path | str, title: str, xlabel: str, legend_size: str = "medium") -> Path:
+    """Labels, legend and grid every forecast plot shares, then the PNG."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("value")
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="upper right", fontsize=legend_size)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)

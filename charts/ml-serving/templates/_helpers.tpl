@@ -416,6 +416,7 @@ plugin_opt_publish_rate {{ $b.config.tenantPublishRate | int64 }}
 plugin_opt_publish_bytes_rate {{ $b.config.tenantPublishBytesRate | int64 }}
 plugin_opt_max_properties_bytes {{ $b.config.tenantMaxPropertiesBytes | int64 }}
 plugin_opt_max_connections {{ $b.config.tenantMaxConnections | int64 }}
+plugin_opt_tenant_backlog {{ $b.config.tenantBacklog | int64 }}
 plugin_opt_rate_exempt {{ .Values.broker.users.server.username }},{{ .Values.broker.users.trainer.username }}
 # QoS 1 collapses to ~1,000 msg/s under Nagle's algorithm.
 set_tcp_nodelay true

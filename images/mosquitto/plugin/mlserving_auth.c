@@ -25,6 +25,9 @@
  *    it deferred and, when that connection ends without a client id (Mosquitto clears it on an
  *    authentication failure), logs it as refused with reason=bad_password.
  *  - Optional cap on simultaneous connections per username (not for rate_exempt users).
+ *  - Optional admission by backlog (MOSQ_EVT_MESSAGE): a tenant's request is refused (PUBACK
+ *    0x87) while tenant_backlog of its requests are unanswered, so a flood's backlog stays within
+ *    the servers' session queues and what is over is refused, not dropped silently.
  *  - Nothing is queued for a tenant's (not rate_exempt) session while it is offline, so the
  *    number of a tenant's sessions that can hold messages is its number of connections.
  *
@@ -35,6 +38,8 @@
  *   publish_bytes_rate <n>     payload bytes per second per username, 0 = unlimited (default 0)
  *   max_properties_bytes <n>   property bytes per PUBLISH, 0 = unlimited (default 0)
  *   max_connections <n>        connections at once per username, 0 = unlimited (default 0)
+ *   tenant_backlog <n>         requests a tenant may have unanswered (accepted, not yet answered
+ *                              by a rate_exempt user on a topic it reads), 0 = unlimited (default 0)
  *   rate_exempt <u1,u2,...>    usernames without a publish budget or property bound (the
  *                              serving pods, which bound what they echo themselves; the trainer)
  */
@@ -72,6 +77,8 @@ struct user {
 	size_t count;
 	bool rate_exempt;
 	struct bucket bucket;
+	long backlog;        /* requests accepted from this tenant and not yet answered */
+	double last_answer;  /* when a service account last answered this tenant */
 };
 
 struct acl {
@@ -88,6 +95,10 @@ static double publish_rate;
 static double publish_bytes_rate;
 static long max_properties_bytes;
 static long max_connections;
+static long tenant_backlog;
+/* A backlog that saw no answer for this long is forgotten: requests that no server will answer
+ * (none subscribed, a killed server's in-flight ones) must not lock a tenant out for good. */
+#define BACKLOG_FORGET_SECONDS 30.0
 
 /* Logins we deferred to the password file, by connection, until the connection ends. */
 #define CONN_BUCKETS 4096
@@ -614,20 +625,60 @@ static long properties_size(const mosquitto_property *props)
 	return total;
 }
 
+/* A service account's PUBLISH to a topic a tenant may read is an answer to that tenant. */
+static void count_answer(const char *topic)
+{
+	for(size_t i = 0; i < current.count; i++){
+		struct user *tenant = &current.users[i];
+		if(tenant->rate_exempt || !topic_allowed(tenant, topic, MOSQ_ACL_READ)) continue;
+		if(tenant->backlog > 0) tenant->backlog--;
+		tenant->last_answer = now_seconds();
+		return;
+	}
+}
+
+/* Admission by backlog: every request a tenant publishes is answered by exactly one PUBLISH of a
+ * server to the tenant's response topics (docs/protocol.md), so requests accepted minus answers
+ * seen is what waits for the tenant in the broker's queues and the servers. Over tenant_backlog
+ * the request is refused (PUBACK 0x87): the client knows at once, instead of Mosquitto dropping
+ * it silently once a server's session queue (max_queued_messages) is full. */
+static bool admit_request(struct user *tenant)
+{
+	double now;
+	if(tenant_backlog <= 0) return true;
+	if(tenant->backlog >= tenant_backlog){
+		now = now_seconds();
+		if(now - tenant->last_answer < BACKLOG_FORGET_SECONDS) return false;
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, PLUGIN ": backlog of user=%s forgotten (%ld requests, no answer for %.0f s)",
+				tenant->name, tenant->backlog, BACKLOG_FORGET_SECONDS);
+		tenant->backlog = 0;
+	}
+	if(tenant->backlog == 0) tenant->last_answer = now_seconds(); /* the clock starts with the backlog */
+	tenant->backlog++;
+	return true;
+}
+
 static int on_message(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *ed = event_data;
 	struct user *user;
-	long size;
 	(void)event; (void)userdata;
 
-	if(max_properties_bytes <= 0 || !ed->properties) return MOSQ_ERR_SUCCESS;
 	user = find_user(mosquitto_client_username(ed->client));
-	if(user && user->rate_exempt) return MOSQ_ERR_SUCCESS;
-	size = properties_size(ed->properties);
-	if(size <= max_properties_bytes) return MOSQ_ERR_SUCCESS;
-	log_refusal("publish", ed->client, "topic", ed->topic, "properties_too_large");
-	return MOSQ_ERR_ACL_DENIED; /* PUBACK 0x87 at QoS 1 */
+	if(!user) return MOSQ_ERR_SUCCESS; /* the ACL check refused it already */
+	if(user->rate_exempt){
+		if(tenant_backlog > 0) count_answer(ed->topic);
+		return MOSQ_ERR_SUCCESS;
+	}
+	if(max_properties_bytes > 0 && ed->properties && properties_size(ed->properties) > max_properties_bytes){
+		log_refusal("publish", ed->client, "topic", ed->topic, "properties_too_large");
+		return MOSQ_ERR_ACL_DENIED; /* PUBACK 0x87 at QoS 1 */
+	}
+	if(!admit_request(user)){
+		log_refusal("publish", ed->client, "topic", ed->topic, "backlog_full");
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	return MOSQ_ERR_SUCCESS;
 }
 
 static int on_reload(int event, void *event_data, void *userdata)
@@ -672,6 +723,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 		else if(!strcmp(key, "rate_exempt")) rate_exempt_list = strdup(value);
 		else if(!strcmp(key, "max_properties_bytes")) max_properties_bytes = atol(value);
 		else if(!strcmp(key, "max_connections")) max_connections = atol(value);
+		else if(!strcmp(key, "tenant_backlog")) tenant_backlog = atol(value);
 		else{
 			mosquitto_log_printf(MOSQ_LOG_ERR, PLUGIN ": unknown option plugin_opt_%s", key);
 			return MOSQ_ERR_INVAL;
@@ -691,8 +743,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 	if((rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL, NULL))) return rc;
 	if((rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL))) return rc;
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, PLUGIN ": %zu user(s) from %s; publish_rate %.0f/s, %.0f B/s per user;"
-			" max_properties_bytes %ld; max_connections %ld", current.count, acl_path, publish_rate, publish_bytes_rate,
-			max_properties_bytes, max_connections);
+			" max_properties_bytes %ld; max_connections %ld; tenant_backlog %ld", current.count, acl_path, publish_rate,
+			publish_bytes_rate, max_properties_bytes, max_connections, tenant_backlog);
 	return MOSQ_ERR_SUCCESS;
 }
 
