@@ -119,6 +119,9 @@ def test_bad_values_fail_install_naming_the_field(release: Release) -> None:
 
 def test_retrain_publishes_v2_without_promoting(release: Release) -> None:
     seconds = {model: round(retrain(release, model, f"retrain-{model}-v2"), 1) for model in ("lstm", "ann")}
+    for model in ("lstm", "ann"):  # a refused candidate also completes the job: check what it did
+        log = release.kubectl("logs", f"job/retrain-{model}-v2", "--tail=40")
+        assert f"retrain {model}: v2 published, not promoted" in log, log[-2000:]
     with release.client("tenant-a") as client:
         assert client.predict(SERIES, timeout=10).version == "v1"  # autoPromote is off: still v1
     figure("retrain-v2", **{f"{m}_seconds": s for m, s in seconds.items()})
