@@ -48,6 +48,7 @@ def plot_candidates(
 
 def _save(fig: Any, ax: Any, path: Path | str, title: str, xlabel: str, legend_size: str = "medium") -> Path:
     """Labels, legend and grid every forecast plot shares, then the PNG."""
+    import matplotlib.pyplot as plt  # imported late like the callers: training only needs it here
     ax.set_xlabel(xlabel)
     ax.set_ylabel("value")
     ax.set_title(title)
