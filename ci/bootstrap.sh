@@ -8,7 +8,7 @@ usage() {
   cat <<'USAGE'
 usage: ci/bootstrap.sh [--help]
 
-Installs apt packages (mosquitto, mosquitto-clients, the plugin headers and a C compiler), builds
+Installs apt packages (mosquitto, mosquitto-clients, the plugin headers, a C compiler, shellcheck), builds
 our broker plugin into $MLSERVING_CACHE/mosquitto-plugin/<source hash>/mlserving_auth.so and a venv
 at $MLSERVING_CACHE/venv-<hash> (default /var/cache/ml-serving), linked as ./.venv.
 USAGE
@@ -17,8 +17,9 @@ USAGE
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${MLSERVING_CACHE:-/var/cache/ml-serving}"
-# mosquitto-dev + libmosquitto-dev: plugin API headers for images/mosquitto/plugin (our broker plugin).
-APT_PACKAGES=(mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev gcc make libc6-dev)
+# mosquitto-dev + libmosquitto-dev: plugin API headers for images/mosquitto/plugin (our broker plugin);
+# ci/lint.sh runs shellcheck.
+APT_PACKAGES=(mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev gcc make libc6-dev shellcheck)
 log() { printf '[bootstrap %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
 mkdir -p "$CACHE/pip"
@@ -60,7 +61,7 @@ if [[ ! -x "$VENV/bin/python" || ! -f "$VENV/.complete" ]]; then
   log "creating venv $VENV (TensorFlow download is ~600 MB on a cold cache)"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --cache-dir "$CACHE/pip" --progress-bar off -e "$ROOT[server,client,train,dev]"
+  "$VENV/bin/pip" install --cache-dir "$CACHE/pip" --progress-bar off -e "${ROOT}[server,client,train,dev]"
   touch "$VENV/.complete"
 fi
 # The venv is shared between clones: always point its editable install at this checkout.

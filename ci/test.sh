@@ -8,8 +8,8 @@ usage() {
   cat <<'USAGE'
 usage: ci/test.sh [--fast | --e2e-only] [-- PYTEST_ARGS...]
 
-  (default)    bootstrap, unit + integration + chart tests, images, cluster, e2e tests
-  --fast       bootstrap, unit + integration + chart tests only (no images, no cluster)
+  (default)    bootstrap, lint, unit + integration + chart tests, images, cluster, e2e tests
+  --fast       bootstrap, lint, unit + integration + chart tests only (no images, no cluster)
   --e2e-only   images, cluster and the e2e tests only
 USAGE
 }
@@ -63,6 +63,8 @@ trap on_exit EXIT
 
 # pytest exits 5 when it collected nothing; set -e turns that (like any failure) into a red run.
 if [[ $mode != e2e ]]; then
+  stage "lint: shellcheck, ruff, mypy (ci/lint.sh)"
+  ci/lint.sh
   stage "unit, integration and chart tests"
   python -m pytest -m "not e2e" "$@"
 fi

@@ -52,12 +52,14 @@ def taylor_values() -> np.ndarray:
 def taylor_frame() -> pd.DataFrame:
     """The series as a CSV in the documented format (one series, unix seconds)."""
     values = taylor_values()
-    return pd.DataFrame({
-        "station_id": "TAYLOR",
-        "parameter_id": "MW",
-        "reading_time": TAYLOR_START + TAYLOR_INTERVAL * np.arange(len(values), dtype=np.int64),
-        "value": values,
-    })
+    return pd.DataFrame(
+        {
+            "station_id": "TAYLOR",
+            "parameter_id": "MW",
+            "reading_time": TAYLOR_START + TAYLOR_INTERVAL * np.arange(len(values), dtype=np.int64),
+            "value": values,
+        }
+    )
 
 
 def write_taylor_csv(path: Path) -> Path:

@@ -41,4 +41,3 @@ def server_limits(path: Path = CHART_VALUES) -> dict[str, int]:
     """`server.config.limits` in the server's own (snake_case) config keys, as the chart renders them."""
     raw = _values(path)["server"]["config"]["limits"]
     return {re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower(): int(value) for key, value in raw.items()}
-

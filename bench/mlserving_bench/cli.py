@@ -14,12 +14,11 @@ from typing import Any
 
 import orjson
 
-from mlserving_common import logs
-
 from mlserving_bench import models, report
 from mlserving_bench.plan import FULL, QUICK
 from mlserving_bench.runner import STEPS, Runner
 from mlserving_bench.stack import parse_option
+from mlserving_common import logs
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 
@@ -30,29 +29,56 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Benchmark ml-serving side by side on this machine, loopback only: the raw model (LiteRT), "
             "a no-model echo server (transport limit and the load generator's ceiling), our server "
-            "(saturation, p50/p99 at 25/50/75 %, batched requests, two replicas, a 2x flood), a naive "
-            "one-message-one-inference server, start-up time, RSS and image size. Prints one table and "
-            "writes bench/results/<UTC time>.json and .md. See docs/benchmarks.md."
+            "(saturation, p50/p99 at 25/50/75 %, batched requests, two replicas, a 2x flood), naive "
+            "one-message-one-inference servers (paho-mqtt and our MQTT layer), start-up time, RSS and "
+            "image size. Prints one table and writes bench/results/<UTC time>.json and .md. See docs/benchmarks.md."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="about 1 minute instead of about 5 (shorter loads)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also sample our server with py-spy under saturation and report what dominates")
-    parser.add_argument("--skip", default="", metavar="STEP[,STEP]",
-                        help=f"leave steps out (their rows read n/a): {', '.join(s for s in STEPS if s != 'profile')}")
-    parser.add_argument("--server-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="override our server's config, dotted YAML path, e.g. batching.max_batch=128 (repeatable)")
-    parser.add_argument("--server-command", metavar="CMD",
-                        help="start our server with this command instead of `python -m mlserving_server` "
-                             "(`--config FILE` is appended), e.g. to A/B a patched server")
-    parser.add_argument("--registry", type=Path, metavar="DIR",
-                        help="filesystem registry with current lstm and ann (default: demo models trained once and "
-                             f"cached under {models.CACHE_ROOT})")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR",
-                        help="where the dated .json/.md go (default bench/results)")
+    parser.add_argument("--quick", action="store_true", help="1.5-2.5 minutes instead of 4-6.5 (shorter loads)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also sample our server with py-spy under saturation and report what dominates",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        metavar="STEP[,STEP]",
+        help=f"leave steps out (their rows read n/a): {', '.join(s for s in STEPS if s != 'profile')}",
+    )
+    parser.add_argument(
+        "--server-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override our server's config, dotted YAML path, e.g. batching.max_batch=128 (repeatable)",
+    )
+    parser.add_argument(
+        "--server-command",
+        metavar="CMD",
+        help="start our server with this command instead of `python -m mlserving_server` "
+        "(`--config FILE` is appended), e.g. to A/B a patched server",
+    )
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        metavar="DIR",
+        help="filesystem registry with current lstm and ann (default: demo models trained once and "
+        f"cached under {models.CACHE_ROOT})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        metavar="DIR",
+        help="where the dated .json/.md go (default bench/results)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only, write no results files")
-    parser.add_argument("--keep-workdir", action="store_true",
-                        help="keep broker/server configs, logs and raw profiles (path printed at the end)")
+    parser.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep broker/server configs, logs and raw profiles (path printed at the end)",
+    )
     return parser
 
 

@@ -34,6 +34,7 @@ def _training_sources_hash() -> str:
 
     digest = hashlib.sha256()
     for package in (mlserving_training, mlserving_common):
+        assert package.__file__ is not None  # a regular package, not a namespace one
         root = Path(package.__file__).parent
         for path in sorted(root.rglob("*.py")):
             if "__pycache__" not in path.parts:

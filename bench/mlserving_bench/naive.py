@@ -1,14 +1,19 @@
 """Naive reference server: one message -> one inference, the way a tutorial writes it.
 
-paho's threaded loop calls on_message; it decodes the JSON with the standard library,
-z-scores the window, runs LiteRT at batch 1 (set_tensor / invoke / get_tensor), and publishes
-the wire contract's answer (QoS 1, TCP_NODELAY, shared subscription — see responder.py).
-No batching, no worker thread, no metrics. This is the baseline "ours / naive" divides by:
-what our server's design (micro-batching, buffered reads, orjson, preallocated tensors) buys
-over the obvious program doing the same work.
+The MQTT client's network thread calls on_message; it decodes the JSON with the standard
+library, z-scores the window, runs LiteRT at batch 1 (set_tensor / invoke / get_tensor), and
+publishes the wire contract's answer (QoS 1, TCP_NODELAY, shared subscription, the request
+acknowledged once answered). No batching, no worker thread, no metrics. Two MQTT layers under
+the same model code, so the table can tell apart what each part of our server buys:
+
+- `--mqtt paho` (default): paho-mqtt's public API, the loop a user hand-rolls from the tutorial
+  (mqtt_layers.serve_paho, the paho candidate of the layer comparison, with the model call in
+  it). The baseline of the target "ours / naive >= 3x": what our whole server buys.
+- `--mqtt layer`: our own layer `mlserving_common.mqtt` (responder.py, as echo.py). Against the
+  paho row: what the layer buys; against ours: what batching and the rest of the server buy.
 
     MLSERVING_BROKER_PASSWORD=... python -m mlserving_bench.naive --port 1883 --topic ml/bench/requests \\
-        --package /path/to/registry/lstm/v1
+        --package /path/to/registry/lstm/v1 [--mqtt layer]
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mlserving_bench import responder
+from mlserving_bench import mqtt_layers, responder
 from mlserving_common.package import MODEL_FILE, read_metadata
+
+#: --mqtt choices: which MQTT client carries the requests.
+MQTT_LAYERS = ("paho", "layer")
 
 
 class NaiveModel:
@@ -56,22 +64,37 @@ class NaiveModel:
             if len(series) != self.window:
                 raise ValueError(f"series has {len(series)} values, model needs {self.window}")
             prediction = self.predict(series)
-        except Exception as exc:  # a tutorial's catch-all: every request still gets an answer
+        except Exception as exc:  # noqa: BLE001 - a tutorial's catch-all: every request still gets an answer
             error = {"code": "invalid_request", "message": str(exc)}
             return json.dumps({"v": 1, "id": request_id, "error": error}).encode()
         return json.dumps(
-            {"v": 1, "id": request_id, "tenant": self.tenant, "model": self.name, "version": self.version,
-             "prediction": prediction}
+            {
+                "v": 1,
+                "id": request_id,
+                "tenant": self.tenant,
+                "model": self.name,
+                "version": self.version,
+                "prediction": prediction,
+            }
         ).encode()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mlserving_bench.naive",
-        description="Naive one-message-one-inference server for benchmarks (paho + json + LiteRT).",
+        description="Naive one-message-one-inference server for benchmarks (paho-mqtt or our MQTT layer, "
+        "json, LiteRT at batch 1).",
     )
     responder.add_arguments(parser)
-    parser.add_argument("--package", type=Path, required=True, help="model package directory (model.tflite + metadata.json)")
+    parser.add_argument(
+        "--mqtt",
+        choices=MQTT_LAYERS,
+        default="paho",
+        help="paho: paho-mqtt's public API, the tutorial's way (default); layer: mlserving_common.mqtt",
+    )
+    parser.add_argument(
+        "--package", type=Path, required=True, help="model package directory (model.tflite + metadata.json)"
+    )
     parser.add_argument("--tenant", default="bench", help="tenant name put into answers")
     return parser
 
@@ -79,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = NaiveModel(args.package, args.tenant)
-    return responder.serve(args, model.answer, "naive")
+    if args.mqtt == "paho":
+        mqtt_layers.serve_paho(mqtt_layers.Setup.from_args(args, "naive-paho"), model.answer)
+        return 0
+    return responder.serve(args, model.answer, "naive-layer")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,24 @@
-"""Child processes of a run (servers, reference responders) and what /proc says about them."""
+"""Child processes of a run (servers, reference responders), waiting for them, and what /proc says about them.
+
+The bench and the test suite (tests/conftest.py) start servers the same way, through `start_server`.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-import threading
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -57,7 +65,7 @@ def find_pid(cmdline_part: str) -> int | None:
 
 @dataclass
 class Child:
-    """One started process, its log file and, once known, its start-to-ready time."""
+    """One started process, its log file and, for a server, its HTTP port and start-to-ready time."""
 
     name: str
     proc: subprocess.Popen
@@ -65,6 +73,7 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     ready_seconds: float | None = None
     http_port: int | None = None
+    config_path: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -73,30 +82,62 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def check_alive(self) -> None:
         if not self.alive():
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
 
-    def wait_http_ready(self, timeout: float) -> float:
-        """Poll /readyz until 200; the seconds from process start to that answer."""
+    # -- a server's HTTP endpoints --------------------------------------------------------------
+    def url(self, path: str) -> str:
         assert self.http_port is not None
-        url = f"http://127.0.0.1:{self.http_port}/readyz"
-        deadline = self.started + timeout
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """HTTP status and body of GET path (an error status is an answer too)."""
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=timeout) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def status(self, path: str) -> int | None:
+        """HTTP status of GET path, or None while nothing listens."""
+        try:
+            return self.get(path, timeout=1.0)[0]
+        except OSError:
+            return None
+
+    def metrics(self) -> str:
+        return self.get("/metrics")[1]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def is_ready(self) -> bool:
+        return self.status("/readyz") == 200
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Poll /readyz until 200; the seconds from process start to the first ready answer."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        self.ready_seconds = time.monotonic() - self.started
-                        return self.ready_seconds
-            except (urllib.error.URLError, OSError):
-                pass
+            if self.is_ready():
+                if self.ready_seconds is None:
+                    self.ready_seconds = time.monotonic() - self.started
+                return self.ready_seconds
             time.sleep(0.01)
         raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
 
@@ -111,13 +152,17 @@ class Child:
             time.sleep(0.01)
         raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
 
-    def metrics_text(self) -> str:
-        assert self.http_port is not None
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5.0) as response:
-            return response.read().decode()
+    # -- stopping -------------------------------------------------------------------------------
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc.poll() is None:
+        """SIGTERM (the server drains), then SIGKILL if it is not gone within `timeout`."""
+        if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -133,6 +178,33 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Ch
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
     return Child(name, proc, log_path, started=started)
+
+
+def start_server(
+    name: str, config: dict[str, Any], workdir: Path, env: dict[str, str], command: list[str] | None = None
+) -> Child:
+    """`python -m mlserving_server --config <workdir>/<name>.yaml` as deployed (or `command` instead of
+    `python -m mlserving_server`), logging to <name>.log. Returns at once: the caller keeps the child
+    (to stop it whatever happens) before it calls `wait_ready`."""
+    config_path = Path(workdir) / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    argv = [*(command or [sys.executable, "-m", "mlserving_server"]), "--config", str(config_path)]
+    child = spawn(name, argv, env, Path(workdir) / f"{name}.log")
+    child.http_port = int(config["http"]["port"])
+    child.config_path = config_path
+    return child
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll until `condition()` is truthy; return its value, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
 
 
 class RssPeak:

@@ -2,7 +2,7 @@
 
 py-spy (PyPI: py-spy) attaches to a running process from outside, so the server runs unmodified.
 It writes collapsed stacks ("frame;frame;frame count"); `summarize` turns them into shares of
-samples: per thread, per area (paho, JSON, numpy, LiteRT, locks, ...) by the innermost frame,
+samples: per thread, per area (MQTT layer, JSON, numpy, LiteRT, locks, ...) by the innermost frame,
 and inclusive shares of the server's hot-path functions.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 #: Area of a sample, decided by its innermost Python frame (C code is charged to its caller).
 AREAS: tuple[tuple[str, str], ...] = (
     ("LiteRT (interpreter.py: set_tensor/invoke/get_tensor)", "ai_edge_litert/"),
-    ("paho MQTT client", "paho/"),
+    ("MQTT layer (mlserving_common.mqtt: socket loop, framing, outbox; mqtt5 codec calls)", "mlserving_common/mqtt/"),
     ("server transport (transport.py)", "mlserving_server/transport.py"),
     ("request parse + validate (protocol.py parse_request, orjson)", "protocol.py:parse_request"),
     ("answer encode (protocol.py encode_*, orjson)", "protocol.py:encode_"),
@@ -38,10 +38,12 @@ AREAS: tuple[tuple[str, str], ...] = (
 
 #: Hot-path functions whose inclusive share is reported: (label, function name, file fragment).
 HOT_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
-    ("paho network loop (loop_forever)", "loop_forever", "paho/"),
-    ("  paho read: packets in (loop_read)", "loop_read", ""),
-    ("    pipeline.admit (rate limit + enqueue)", "admit", "pipeline.py"),
-    ("  paho write: packets out (loop_write)", "loop_write", "paho/"),
+    ("MQTT network loop (Connection._run)", "_run", "mlserving_common/mqtt/connection.py"),
+    ("  read: packets in (Connection._read: recv, framing, dispatch)", "_read", "mlserving_common/mqtt/connection.py"),
+    ("    transport._receive (flow control, hand-over, ack)", "_receive", "mlserving_server/transport.py"),
+    ("      pipeline.admit (rate limit + enqueue)", "admit", "pipeline.py"),
+    ("    PUBACKs in (Connection._on_puback: outbox refill)", "_on_puback", "mlserving_common/mqtt/connection.py"),
+    ("  write: packets out (Connection._flush)", "_flush", "mlserving_common/mqtt/connection.py"),
     ("batch worker (Batcher._run)", "_run", "batching.py"),
     ("  pipeline.process (one batch)", "process", "pipeline.py"),
     ("    parse_request (orjson + validation)", "parse_request", "protocol.py"),
@@ -50,8 +52,8 @@ HOT_FUNCTIONS: tuple[tuple[str, str, str], ...] = (
     ("        LiteRT invoke", "invoke", "ai_edge_litert/"),
     ("      encode_prediction (orjson)", "encode_prediction", "protocol.py"),
     ("      _send (publish + metrics)", "_send", "pipeline.py"),
-    ("        paho publish (incl. Properties)", "publish", "paho/"),
-    ("        reply_properties (answer properties)", "reply_properties", "transport.py"),
+    ("        Transport.publish (outgoing answer count)", "publish", "mlserving_server/transport.py"),
+    ("          Connection.publish (encode + queue + wake-up)", "publish", "mlserving_common/mqtt/connection.py"),
     ("        metrics (prometheus inc/observe)", "", "prometheus_client/"),
 )
 
@@ -75,8 +77,23 @@ def start_record(pid: int, seconds: float, output: Path, rate: int = 250, gil: b
     exe = py_spy()
     if exe is None:
         raise FileNotFoundError("py-spy not found: pip install py-spy")
-    argv = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate),
-            "--format", "raw", "--threads", "--nolineno", "--nonblocking", "--output", str(output)]
+    argv = [
+        exe,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--threads",
+        "--nolineno",
+        "--nonblocking",
+        "--output",
+        str(output),
+    ]
     if gil:
         argv.append("--gil")
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -97,7 +114,7 @@ def parse_collapsed(lines: Iterable[str]) -> list[tuple[list[str], int]]:
 
 
 def split_frame(frame: str) -> tuple[str, str]:
-    """'publish (paho/mqtt/client.py)' -> ('publish', 'paho/mqtt/client.py')."""
+    """'publish (mlserving_common/mqtt/connection.py)' -> ('publish', 'mlserving_common/mqtt/connection.py')."""
     match = _FRAME.match(frame)
     return (match.group("func"), match.group("file")) if match else (frame, "")
 
@@ -122,8 +139,13 @@ def thread_name(frames: list[str]) -> str:
     if not head.startswith("thread "):
         return "?"
     name = head.partition(": ")[2] or head
-    for prefix, label in (("paho-mqtt-client", "paho network thread"), ("batch-worker", "batch worker"),
-                          ("MainThread", "main"), ("model-poller", "model poller"), ("http", "http")):
+    for prefix, label in (
+        ("mqtt-", "MQTT network thread"),
+        ("batch-worker", "batch worker"),
+        ("MainThread", "main"),
+        ("model-poller", "model poller"),
+        ("http", "http"),
+    ):
         if name.startswith(prefix):
             return label
     return name

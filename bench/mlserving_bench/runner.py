@@ -6,6 +6,7 @@ A step that fails is recorded under results["errors"] and the run goes on, so on
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
@@ -15,15 +16,28 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mlserving_client.load import LoadResult
-
-from mlserving_bench import chartlimits, image, models, procs, profiling
+from mlserving_bench import chartlimits, image, models, mqtt_layers, procs, profiling
 from mlserving_bench.plan import SWEEP_SIZES, Plan
 from mlserving_bench.stack import ECHO_TENANT, NAIVE_TENANT, TENANT, Stack
+from mlserving_client.load import LoadResult
 
-STEPS = ("sweep", "echo", "naive", "ours", "latency", "batched", "profile", "replicas", "flood")
+STEPS = (
+    "sweep",
+    "echo",
+    "naive",
+    "naive_layer",
+    "ours",
+    "layers",
+    "latency",
+    "batched",
+    "profile",
+    "replicas",
+    "flood",
+)
 SERVER_SERIES = ("mlserving_batch_size_sum", "mlserving_batch_size_count", "mlserving_inference_seconds_sum")
 Emit = Callable[[str], None]
+#: The second naive server's tenant: naive.py on our MQTT layer (NAIVE_TENANT's is on paho, the tutorial's).
+NAIVE_LAYER_TENANT = "naive-layer"
 
 
 def utc_stamp(t: float | None = None) -> str:
@@ -32,10 +46,19 @@ def utc_stamp(t: float | None = None) -> str:
 
 def git_revision(repo: Path) -> str | None:
     try:
-        rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (subprocess.SubprocessError, OSError):
         return None
@@ -51,7 +74,7 @@ def server_series(child: procs.Child) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     totals = dict.fromkeys(SERVER_SERIES, 0.0)
-    for family in text_string_to_metric_families(child.metrics_text()):
+    for family in text_string_to_metric_families(child.metrics()):
         for sample in family.samples:
             if sample.name in totals:
                 totals[sample.name] += sample.value
@@ -90,7 +113,7 @@ class Runner:
         started = time.monotonic()
         try:
             action()
-        except Exception as exc:  # one broken step must not cost the whole table
+        except Exception as exc:  # noqa: BLE001 - one broken step must not cost the whole table
             self.results["errors"][name] = f"{type(exc).__name__}: {exc}"
             self.emit(f"[{name}] FAILED: {exc}")
             self.emit(traceback.format_exc(limit=3))
@@ -112,11 +135,13 @@ class Runner:
         return result
 
     def _warm_up(self, stack: Stack, tenant: str) -> None:
-        stack.load(tenant=tenant, concurrency=min(64, self.plan.concurrency), duration=self.plan.warm_up_seconds,
-                   grace=5.0)
+        stack.load(
+            tenant=tenant, concurrency=min(64, self.plan.concurrency), duration=self.plan.warm_up_seconds, grace=5.0
+        )
 
-    def _saturate(self, stack: Stack, label: str, tenant: str, servers: dict[str, procs.Child],
-                  seconds: float) -> dict[str, Any]:
+    def _saturate(
+        self, stack: Stack, label: str, tenant: str, servers: dict[str, procs.Child], seconds: float
+    ) -> dict[str, Any]:
         """One closed-loop run: the client's figures, CPU % per process, server CPU µs per answer."""
         pids = {name: child.pid for name, child in servers.items()}
         if stack.broker_pid is not None:
@@ -132,7 +157,8 @@ class Runner:
             "cpu": cpu,
             "server_cpu_us_per_request": round(1e6 * server_cpu / replied, 1) if replied else None,
             "broker_cpu_us_per_request": round(1e6 * meter.seconds["broker"] / replied, 1)
-            if replied and "broker" in meter.seconds else None,
+            if replied and "broker" in meter.seconds
+            else None,
         }
 
     # -- the run -------------------------------------------------------------------------------
@@ -152,7 +178,14 @@ class Runner:
         self.results["footprint"] = {}
         self._step("sweep", self._sweep)
         window = models.package_window(self.registry, "lstm")
-        with Stack(self.workdir, self.registry, window, self.server_options, self.server_command) as stack:
+        with Stack(
+            self.workdir,
+            self.registry,
+            window,
+            self.server_options,
+            self.server_command,
+            extra_tenants=(NAIVE_LAYER_TENANT, *mqtt_layers.TENANTS),
+        ) as stack:
             self._serve_all(stack)
         footprint = self.results["footprint"]
         footprint["image_mb"], footprint["image_source"] = image.image_size_mb()
@@ -169,27 +202,37 @@ class Runner:
             self.sweeps[name] = sweep
             self.results.setdefault("model", {})[name] = sweep.to_dict()
             best = sweep.best_batch
-            self.emit(f"  {name}: {sweep.call_us[1]:.1f} µs at batch 1, {sweep.per_sample_us(best):.3f} µs/sample "
-                      f"at batch {best}")
+            self.emit(
+                f"  {name}: {sweep.call_us[1]:.1f} µs at batch 1, {sweep.per_sample_us(best):.3f} µs/sample "
+                f"at batch {best}"
+            )
 
     def _serve_all(self, stack: Stack) -> None:
-        """Start echo, naive and ours (each on its own tenant), load them in turns, then ours alone."""
+        """Start echo, both naive servers and ours (each on its own tenant), load them in turns, then ours alone."""
         contenders: dict[str, tuple[str, procs.Child]] = {}
         lstm = str(models.package_dir(self.registry, "lstm"))
         starts = {
             "echo": lambda: stack.start_responder("echo", "mlserving_bench.echo", ECHO_TENANT),
-            "naive": lambda: stack.start_responder("naive", "mlserving_bench.naive", NAIVE_TENANT, "--package", lstm),
+            "naive": lambda: stack.start_responder(
+                "naive", "mlserving_bench.naive", NAIVE_TENANT, "--package", lstm, "--mqtt", "paho"
+            ),
+            "naive_layer": lambda: stack.start_responder(
+                "naive-layer", "mlserving_bench.naive", NAIVE_LAYER_TENANT, "--package", lstm, "--mqtt", "layer"
+            ),
             "ours": lambda: self._start_ours(stack, "ours-1"),
         }
-        tenants = {"echo": ECHO_TENANT, "naive": NAIVE_TENANT, "ours": TENANT}
+        tenants = {"echo": ECHO_TENANT, "naive": NAIVE_TENANT, "naive_layer": NAIVE_LAYER_TENANT, "ours": TENANT}
         for name, start in starts.items():
+
             def begin(name: str = name, start: Callable[[], procs.Child] = start) -> None:
                 child = start()
                 self.emit(f"  {name} ready after {child.ready_seconds:.2f} s")
                 self._warm_up(stack, tenants[name])
                 contenders[name] = (tenants[name], child)
+
             self._step(name, begin)
         self._step("saturation", lambda: self._rounds(stack, contenders))
+        self._step("layers", lambda: self._layers(stack))
         if "ours" not in contenders or "ours" not in self.results:
             return  # every later step needs our server
         server = contenders["ours"][1]
@@ -213,8 +256,9 @@ class Runner:
             for name, (tenant, child) in contenders.items():
                 label = "server" if name == "ours" else name
                 before = server_series(child) if name == "ours" else None
-                entry = self._saturate(stack, f"{name} saturation, round {number}", tenant, {label: child},
-                                       self.plan.saturation_seconds)
+                entry = self._saturate(
+                    stack, f"{name} saturation, round {number}", tenant, {label: child}, self.plan.saturation_seconds
+                )
                 if before is not None:
                     entry["server"] = self._server_stats(before, server_series(child), entry["load"])
                 rounds[name].append(entry)
@@ -226,6 +270,13 @@ class Runner:
                 "rounds": [e["load"]["throughput"] for e in entries],
                 "median_server_cpu_us_per_request": costs[len(costs) // 2] if costs else None,
             }
+
+    def _layers(self, stack: Stack) -> None:
+        """The MQTT library comparison (mqtt_layers.py): an echo on each candidate, loaded in turns."""
+        plan = mqtt_layers.QUICK if self.quick else mqtt_layers.FULL
+        self.results["layers"] = mqtt_layers.compare(
+            stack, plan, functools.partial(self._load, stack), self.emit, self.results["errors"]
+        )
 
     def _start_ours(self, stack: Stack, name: str) -> procs.Child:
         child = stack.start_server(name)
@@ -258,16 +309,22 @@ class Runner:
     def _batched(self, stack: Stack) -> None:
         self.results["batched"] = []
         for size in self.plan.batched_sizes:
-            result = self._load(stack, f"batched {size}", concurrency=self.plan.batched_concurrency, batch=size,
-                                duration=self.plan.batched_seconds)
+            result = self._load(
+                stack,
+                f"batched {size}",
+                concurrency=self.plan.batched_concurrency,
+                batch=size,
+                duration=self.plan.batched_seconds,
+            )
             self.results["batched"].append({"batch": size, "load": load_summary(result)})
 
     def _profile(self, stack: Stack, server: procs.Child) -> None:
         """Two py-spy views of one saturation run: threads on the GIL (what serialises us), all busy threads."""
         seconds = self.plan.profile_seconds
         outputs = {"gil": self.workdir / "ours-1.pyspy-gil.txt", "threads": self.workdir / "ours-1.pyspy-threads.txt"}
-        recorders = {view: profiling.start_record(server.pid, seconds, path, gil=view == "gil")
-                     for view, path in outputs.items()}
+        recorders = {
+            view: profiling.start_record(server.pid, seconds, path, gil=view == "gil") for view, path in outputs.items()
+        }
         time.sleep(0.5)  # let py-spy attach before the load starts
         self._load(stack, "ours under py-spy", concurrency=self.plan.concurrency, duration=seconds + 1.0)
         self.results["profile"] = {}
@@ -282,14 +339,20 @@ class Runner:
 
     def _replicas(self, stack: Stack, first: procs.Child) -> None:
         """One server, then two on the same shared subscription, back to back with the same load."""
-        single = self._saturate(stack, "one replica (reference for two)", TENANT, {"server-1": first},
-                                self.plan.replicas_seconds)
+        single = self._saturate(
+            stack, "one replica (reference for two)", TENANT, {"server-1": first}, self.plan.replicas_seconds
+        )
         second = self._start_ours(stack, "ours-2")
         self.emit(f"  ours-2 ready after {second.ready_seconds:.2f} s")
         try:
             self._warm_up(stack, TENANT)
-            both = self._saturate(stack, "two replicas saturation", TENANT, {"server-1": first, "server-2": second},
-                                  self.plan.replicas_seconds)
+            both = self._saturate(
+                stack,
+                "two replicas saturation",
+                TENANT,
+                {"server-1": first, "server-2": second},
+                self.plan.replicas_seconds,
+            )
             self.results["replicas2"] = {**both, "single_throughput": single["load"]["throughput"]}
         finally:
             stack.stop(second)
@@ -300,12 +363,19 @@ class Runner:
         self.results["floods"] = []
         for factor in self.plan.flood_factors:
             meter = procs.RssPeak(server.pid).start()
-            result = self._load(stack, f"flood at {factor:g}× saturation", rate=factor * saturation,
-                                duration=self.plan.flood_seconds, grace=self.plan.flood_grace_seconds)
+            result = self._load(
+                stack,
+                f"flood at {factor:g}× saturation",
+                rate=factor * saturation,
+                duration=self.plan.flood_seconds,
+                grace=self.plan.flood_grace_seconds,
+            )
             peak = meter.stop()
             entry = {"factor": factor, "load": load_summary(result), "rss_peak_mb": peak, "limit_mb": limit}
             self.results["floods"].append(entry)
             share = f"{100 * peak / limit:.0f} %" if peak is not None else "n/a"
-            self.emit(f"  flood at {factor:g}×: server peak RSS {peak} MiB = {share} of the chart's {limit:.0f} MiB limit")
+            self.emit(
+                f"  flood at {factor:g}×: server peak RSS {peak} MiB = {share} of the chart's {limit:.0f} MiB limit"
+            )
             if factor == 2.0:
                 self.results["flood"] = entry  # the issue-7 target reads this one

@@ -28,13 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mlserving_bench import models, procs
 from mlserving_client.load import LoadResult, LoadSpec, TenantTarget, run_load, synthetic_windows
 from mlserving_common.mosquitto import BrokerUser, LocalBroker, free_port, server_acl, tenant_acl, tenant_topics
 from mlserving_common.registry import FilesystemRegistry
-
-from mlserving_bench import models, procs
 
 TENANTS = {"tenant-a": "lstm", "tenant-b": "ann"}
 SERVER_USER = "server"
@@ -72,7 +69,7 @@ def rss_verdict(samples: list[tuple[float, float]]) -> tuple[float, float, bool]
     xs, ys = [s[0] for s in half], [s[1] for s in half]
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
     denominator = sum((x - mean_x) ** 2 for x in xs)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / denominator if denominator else 0.0
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / denominator if denominator else 0.0
     growth = slope * (xs[-1] - xs[0])
     return slope * 3600.0, growth, growth <= max(FLAT_MB, FLAT_FRACTION * mean_y)
 
@@ -140,13 +137,9 @@ class Soak:
             "drain_seconds": 10,
             "tenants": {tenant: {"models": {model: "current"}} for tenant, model in TENANTS.items()},
         }
-        config_path = self.workdir / "server.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = {**os.environ, PASSWORD_ENV: self.users[SERVER_USER].password}
-        argv = [sys.executable, "-m", "mlserving_server", "--config", str(config_path)]
-        self.server = procs.spawn("server", argv, env, self.workdir / "server.log")
-        self.server.http_port = http_port
-        self.server.wait_http_ready(120)
+        self.server = procs.start_server("server", config, self.workdir, env)
+        self.server.wait_ready(120)
 
     def stop(self) -> None:
         if self.server is not None:
@@ -156,8 +149,14 @@ class Soak:
     # -- load --------------------------------------------------------------------------------------
     def spec(self, **kwargs: Any) -> LoadSpec:
         targets = tuple(TenantTarget(t, t, self.users[t].password) for t in TENANTS)
-        return LoadSpec(host=self.broker.host, port=self.broker.port, targets=targets, window=self.window,
-                        windows=synthetic_windows(self.window), **kwargs)
+        return LoadSpec(
+            host=self.broker.host,
+            port=self.broker.port,
+            targets=targets,
+            window=self.window,
+            windows=synthetic_windows(self.window),
+            **kwargs,
+        )
 
     def saturation(self) -> float:
         result = run_load(self.spec(concurrency=64, duration=self.args.measure_seconds, grace=10.0))
@@ -177,19 +176,30 @@ class Soak:
         assert self.server is not None
         rate = args.rate
         if rate is None:
-            print(f"soak: measuring saturation ({args.measure_seconds:g} s closed loop, 64 outstanding) ...", flush=True)
+            print(
+                f"soak: measuring saturation ({args.measure_seconds:g} s closed loop, 64 outstanding) ...", flush=True
+            )
             saturation = self.saturation()
             rate = args.load * saturation
-            print(f"soak: saturation {saturation:,.0f} req/s -> {rate:,.0f} req/s ({args.load:.0%}) over 2 tenants", flush=True)
+            print(
+                f"soak: saturation {saturation:,.0f} req/s -> {rate:,.0f} req/s ({args.load:.0%}) over 2 tenants",
+                flush=True,
+            )
         total_seconds = args.minutes * 60.0
         sampler = RssSampler(self.server.pid, args.sample_seconds).start()
         totals = Totals()
         started = time.monotonic()
         next_promotion = args.promote_every * 60.0
-        print(f"soak: {args.minutes:g} min at {rate:,.0f} req/s, promotion every {args.promote_every:g} min, "
-              f"server pid {self.server.pid}, workdir {self.workdir}", flush=True)
-        print(f"{'min':>6} {'sent':>9} {'answered':>9} {'errors':>7} {'lost':>5} {'p99 ms':>8} {'RSS MB':>7}  versions / events",
-              flush=True)
+        print(
+            f"soak: {args.minutes:g} min at {rate:,.0f} req/s, promotion every {args.promote_every:g} min, "
+            f"server pid {self.server.pid}, workdir {self.workdir}",
+            flush=True,
+        )
+        print(
+            f"{'min':>6} {'sent':>9} {'answered':>9} {'errors':>7} {'lost':>5} {'p99 ms':>8} {'RSS MB':>7}"
+            "  versions / events",
+            flush=True,
+        )
         try:
             while (elapsed := time.monotonic() - started) < total_seconds:
                 events = []
@@ -203,9 +213,12 @@ class Soak:
                 p99 = f"{result.latency.p99_ms:8.1f}" if result.latency.count else f"{'-':>8}"
                 versions = ", ".join(f"{k}={v}" for k, v in sorted(result.versions.items()))
                 rss = sampler.latest()
-                print(f"{(time.monotonic() - started) / 60:6.1f} {totals.sent:9d} {totals.answered:9d} "
-                      f"{sum(totals.errors.values()):7d} {totals.lost:5d} {p99} {rss or 0:7.1f}  {versions}"
-                      + ("; " + "; ".join(events) if events else ""), flush=True)
+                print(
+                    f"{(time.monotonic() - started) / 60:6.1f} {totals.sent:9d} {totals.answered:9d} "
+                    f"{sum(totals.errors.values()):7d} {totals.lost:5d} {p99} {rss or 0:7.1f}  {versions}"
+                    + ("; " + "; ".join(events) if events else ""),
+                    flush=True,
+                )
         except KeyboardInterrupt:
             print("soak: interrupted; verdict on what ran", flush=True)
         finally:
@@ -216,17 +229,24 @@ class Soak:
         slope, growth, flat = rss_verdict(samples)
         rss = [mb for _, mb in samples]
         errors = sum(totals.errors.values())
-        print(f"\nsoak: {seconds / 60:.1f} min, {self.promotions} promotion(s) of both models; "
-              f"sent {totals.sent} answered {totals.answered} errors {errors} {dict(totals.errors) or ''} "
-              f"lost {totals.lost}")
+        print(
+            f"\nsoak: {seconds / 60:.1f} min, {self.promotions} promotion(s) of both models; "
+            f"sent {totals.sent} answered {totals.answered} errors {errors} {dict(totals.errors) or ''} "
+            f"lost {totals.lost}"
+        )
         print("soak: versions that answered: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.versions.items())))
         if rss:
-            print(f"soak: server RSS MB first {rss[0]:.1f}, min {min(rss):.1f}, max {max(rss):.1f}, last {rss[-1]:.1f} "
-                  f"({len(rss)} samples); second half: slope {slope:+.2f} MB/h, growth {growth:+.2f} MB -> "
-                  f"{'FLAT' if flat else 'GROWING'} (limit {max(FLAT_MB, FLAT_FRACTION * statistics.fmean(rss)):.1f} MB)")
+            print(
+                f"soak: server RSS MB first {rss[0]:.1f}, min {min(rss):.1f}, max {max(rss):.1f}, last {rss[-1]:.1f} "
+                f"({len(rss)} samples); second half: slope {slope:+.2f} MB/h, growth {growth:+.2f} MB -> "
+                f"{'FLAT' if flat else 'GROWING'} (limit {max(FLAT_MB, FLAT_FRACTION * statistics.fmean(rss)):.1f} MB)"
+            )
         ok = totals.lost == 0 and errors == 0 and flat
-        print(f"soak: verdict {'PASS' if ok else 'FAIL'} (lost 0: {totals.lost == 0}, no errors: {errors == 0}, "
-              f"memory flat: {flat})", flush=True)
+        print(
+            f"soak: verdict {'PASS' if ok else 'FAIL'} (lost 0: {totals.lost == 0}, no errors: {errors == 0}, "
+            f"memory flat: {flat})",
+            flush=True,
+        )
         return 0 if ok else 1
 
 
@@ -241,16 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="how long to run (default 30)")
-    parser.add_argument("--promote-every", type=float, default=5.0, metavar="MIN",
-                        help="re-publish and promote both models every MIN minutes (default 5)")
+    parser.add_argument(
+        "--promote-every",
+        type=float,
+        default=5.0,
+        metavar="MIN",
+        help="re-publish and promote both models every MIN minutes (default 5)",
+    )
     parser.add_argument("--load", type=float, default=0.5, help="fraction of measured saturation (default 0.5)")
     parser.add_argument("--rate", type=float, help="requests/s over both tenants instead of measuring saturation")
     parser.add_argument("--measure-seconds", type=float, default=10.0, help="length of the saturation measurement")
     parser.add_argument("--report-seconds", type=float, default=60.0, help="one report line per this many seconds")
     parser.add_argument("--sample-seconds", type=float, default=5.0, help="RSS sampling interval")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds an answer may take before it counts lost")
-    parser.add_argument("--registry", type=Path, metavar="DIR",
-                        help="registry with current lstm and ann to copy (default: the bench's cached demo models)")
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        metavar="DIR",
+        help="registry with current lstm and ann to copy (default: the bench's cached demo models)",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs (path printed)")
     return parser
 

@@ -17,12 +17,11 @@ from typing import Any
 
 import yaml
 
+from mlserving_bench import procs
+from mlserving_bench.responder import PASSWORD_ENV
 from mlserving_client.load import LoadResult, LoadSpec, TenantTarget, run_load
 from mlserving_common import protocol
 from mlserving_common.mosquitto import BrokerUser, LocalBroker, free_port, server_acl, tenant_acl, tenant_topics
-
-from mlserving_bench import procs
-from mlserving_bench.responder import PASSWORD_ENV
 
 TENANT = "bench"
 ECHO_TENANT = "echo"
@@ -60,6 +59,7 @@ class Stack:
         window: int,
         server_options: dict[str, Any] | None = None,
         server_command: list[str] | None = None,
+        extra_tenants: tuple[str, ...] = (),
     ) -> None:
         self.workdir = Path(workdir)
         #: How our server is started; `--config FILE` is appended. Another command = an A/B experiment.
@@ -67,9 +67,12 @@ class Stack:
         self.registry = Path(registry)
         self.window = window
         self.server_options = dict(server_options or {})
-        self.topics = {tenant: tenant_topics(tenant) for tenant in TENANTS}
-        self.users = {tenant: BrokerUser(tenant, uuid.uuid4().hex, tenant_acl(*self.topics[tenant])) for tenant in TENANTS}
-        self.users[SERVER_USER] = BrokerUser(SERVER_USER, uuid.uuid4().hex, server_acl(self.topics.values()), service=True)
+        # extra_tenants: more responders side by side (the MQTT layer comparison's, mqtt_layers.py).
+        self.topics = {tenant: tenant_topics(tenant) for tenant in (*TENANTS, *extra_tenants)}
+        self.users = {t: BrokerUser(t, uuid.uuid4().hex, tenant_acl(*self.topics[t])) for t in self.topics}
+        self.users[SERVER_USER] = BrokerUser(
+            SERVER_USER, uuid.uuid4().hex, server_acl(self.topics.values()), service=True
+        )
         self.broker = LocalBroker(self.users.values(), workdir=self.workdir / "mosquitto")
         self.broker_pid: int | None = None
         self.children: list[procs.Child] = []
@@ -105,14 +108,10 @@ class Stack:
 
     def start_server(self, name: str, timeout: float = 60.0, **options: Any) -> procs.Child:
         """`python -m mlserving_server` as deployed; returns once /readyz answers 200."""
-        http_port = free_port()
-        config_path = self.workdir / f"{name}.yaml"
-        config_path.write_text(yaml.safe_dump(self.server_config(http_port, **options), sort_keys=False))
-        argv = [*self.server_command, "--config", str(config_path)]
-        child = procs.spawn(name, argv, self._env(), self.workdir / f"{name}.log")
-        child.http_port = http_port
+        config = self.server_config(free_port(), **options)
+        child = procs.start_server(name, config, self.workdir, self._env(), self.server_command)
         self.children.append(child)
-        child.wait_http_ready(timeout)
+        child.wait_ready(timeout)
         return child
 
     def start_responder(self, name: str, module: str, tenant: str, *extra: str, timeout: float = 60.0) -> procs.Child:
@@ -120,8 +119,20 @@ class Stack:
         ready = self.workdir / f"{name}.ready"
         ready.unlink(missing_ok=True)
         argv = [
-            sys.executable, "-m", module, "--host", self.broker.host, "--port", str(self.broker.port),
-            "--username", SERVER_USER, "--topic", self.topics[tenant][0], "--ready-file", str(ready), *extra,
+            sys.executable,
+            "-m",
+            module,
+            "--host",
+            self.broker.host,
+            "--port",
+            str(self.broker.port),
+            "--username",
+            SERVER_USER,
+            "--topic",
+            self.topics[tenant][0],
+            "--ready-file",
+            str(ready),
+            *extra,
         ]
         child = procs.spawn(name, argv, self._env(), self.workdir / f"{name}.log")
         self.children.append(child)

@@ -230,21 +230,21 @@ prepare_host() {
   # egress guard: nothing from or to the cluster ranges may leave through an external interface
   local ipt=iptables i
   $ipt -N MLCI-GUARD
-  for i in $(cat "$REC_DIR/ext-ifaces"); do
+  while read -r i; do
     for net in "$POD_CIDR" "$SVC_CIDR"; do
       $ipt -A MLCI-GUARD -o "$i" -s "$net" -j REJECT
       $ipt -A MLCI-GUARD -o "$i" -d "$net" -j REJECT
     done
-  done
+  done <"$REC_DIR/ext-ifaces"
   guard_first
   # backstop kube-proxy cannot reorder: mangle POSTROUTING sees every packet about to leave an interface
   $ipt -t mangle -N MLCI-EGRESS
-  for i in $(cat "$REC_DIR/ext-ifaces"); do
+  while read -r i; do
     for net in "$POD_CIDR" "$SVC_CIDR"; do
       $ipt -t mangle -A MLCI-EGRESS -o "$i" -s "$net" -j DROP
       $ipt -t mangle -A MLCI-EGRESS -o "$i" -d "$net" -j DROP
     done
-  done
+  done <"$REC_DIR/ext-ifaces"
   $ipt -t mangle -I POSTROUTING 1 -j MLCI-EGRESS
   log "host: sysctls recorded+set, $NODE_IF=$NODE_IP, egress guard on: $(tr '\n' ' ' <"$REC_DIR/ext-ifaces")"
 }
@@ -541,7 +541,7 @@ pod_pids() { # processes in the kubepods cgroups we created
 
 kill_pids() { # signal pids...
   local sig=$1; shift
-  (($#)) && kill "-$sig" "$@" 2>/dev/null || true
+  if (($#)); then kill "-$sig" "$@" 2>/dev/null || true; fi
 }
 
 remove_iptables() {
@@ -573,32 +573,28 @@ cleanup() { # quiet?
     case $(readlink "/proc/$p/exe" 2>/dev/null) in */kubelet | */kube-proxy) kill -KILL "$p" 2>/dev/null || true ;; esac
   done
   # pod processes, then shims, then containerd
-  local i pids
+  local i pids=()
   for i in 1 2 3 4 5; do
-    pids=$(pod_pids); [[ -z $pids ]] && break
-    # shellcheck disable=SC2086
-    kill_pids KILL $pids; sleep 0.5
+    mapfile -t pids < <(pod_pids); ((${#pids[@]})) || break
+    kill_pids KILL "${pids[@]}"; sleep 0.5
   done
   log "down: pods killed"
   stop_pidfile containerd
   stop_pidfile kube-scheduler kube-controller-manager kube-apiserver etcd
   for i in 1 2 3; do
-    pids=$(our_pids); [[ -z $pids ]] && break
-    # shellcheck disable=SC2086
-    kill_pids TERM $pids; sleep 1
-    pids=$(our_pids)
-    # shellcheck disable=SC2086
-    if [[ -n $pids ]]; then kill_pids KILL $pids; sleep 0.5; fi
+    mapfile -t pids < <(our_pids); ((${#pids[@]})) || break
+    kill_pids TERM "${pids[@]}"; sleep 1
+    mapfile -t pids < <(our_pids)
+    if ((${#pids[@]})); then kill_pids KILL "${pids[@]}"; sleep 0.5; fi
   done
   [[ -z $(our_pids) ]] || log "down: WARNING processes left: $(our_pids | tr '\n' ' ')"
   for i in 1 2 3; do  # anything still in our pod cgroups (nothing can restart it now)
-    pids=$(pod_pids); [[ -z $pids ]] && break
-    # shellcheck disable=SC2086
-    kill_pids KILL $pids; sleep 0.5
+    mapfile -t pids < <(pod_pids); ((${#pids[@]})) || break
+    kill_pids KILL "${pids[@]}"; sleep 0.5
   done
   log "down: processes stopped"
   # kube-proxy's own rule cleanup (before our generic pass)
-  [[ -x $BIN/kube-proxy ]] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  if [[ -x $BIN/kube-proxy ]]; then "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
 
   # mounts under our dirs (overlay snapshots, netns, secrets/configmap tmpfs), deepest first
   local m

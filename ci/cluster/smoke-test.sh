@@ -15,7 +15,7 @@ check() { local d=$1; shift; if "$@"; then ok "$d"; else ko "$d"; fi; }
 retry() { local n=$1; shift; local i; for ((i = 0; i < n; i++)); do "$@" && return 0; sleep 2; done; return 1; }
 
 cleanup() {
-  [[ -n ${PF_PID:-} ]] && kill "$PF_PID" 2>/dev/null || true
+  if [[ -n ${PF_PID:-} ]]; then kill "$PF_PID" 2>/dev/null || true; fi
   kubectl delete ns "$NS" --wait=false >/dev/null 2>&1 || true
 }
 trap cleanup EXIT

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from mlserving_common import logs, protocol
 
 from mlserving_client import config as config_mod
 from mlserving_client.client import Client, PredictionError
 from mlserving_client.load import ENGINES, MAX_DURATION_S, LoadSpec, TenantTarget, run_load
 from mlserving_client.replay import ReplayError, ReplayStep, plot, read_series, replay
+from mlserving_common import logs, protocol
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -75,10 +75,16 @@ def _connection_parent() -> argparse.ArgumentParser:
     secret.add_argument("--password", help="broker password (prefer --password-file or MLSERVING_CLIENT_PASSWORD)")
     secret.add_argument("--password-file", help="file holding the broker password")
     group.add_argument("--prefix", help=f"topic prefix (default {protocol.DEFAULT_PREFIX})")
-    group.add_argument("--tls-ca", help="CA certificate: connect with TLS and verify the broker (env MLSERVING_CLIENT_TLS_CA)")
-    group.add_argument("--qos", type=int, choices=(0, 1, 2), help="MQTT QoS of requests and answers (default 1)")
-    group.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
-                       help="JSON log lines on stderr at this level (default warning)")
+    group.add_argument(
+        "--tls-ca", help="CA certificate: connect with TLS and verify the broker (env MLSERVING_CLIENT_TLS_CA)"
+    )
+    group.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS of requests and answers (default 1)")
+    group.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="JSON log lines on stderr at this level (default warning)",
+    )
     return parent
 
 
@@ -89,8 +95,9 @@ def _topic_args(parser: argparse.ArgumentParser) -> None:
 
 def _retry_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds to wait per attempt (default 5)")
-    parser.add_argument("--attempts", type=_positive_int, default=3,
-                        help="attempts per request, resent with the same id (default 3)")
+    parser.add_argument(
+        "--attempts", type=_positive_int, default=3, help="attempts per request, resent with the same id (default 3)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,25 +108,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("predict", parents=[parent], help="forecast one series and print the JSON answer",
-                       description="Send one request and print the server's JSON answer on stdout.")
+    p = sub.add_parser(
+        "predict",
+        parents=[parent],
+        help="forecast one series and print the JSON answer",
+        description="Send one request and print the server's JSON answer on stdout.",
+    )
     p.add_argument("series", nargs="*", type=float, metavar="VALUE", help="raw readings, oldest first")
-    p.add_argument("--series-json", help='series as JSON: [1.0, 2.0, ...], or [[...], [...]] for a batched request')
+    p.add_argument("--series-json", help="series as JSON: [1.0, 2.0, ...], or [[...], [...]] for a batched request")
     p.add_argument("--tenant", help="tenant (env MLSERVING_CLIENT_TENANT)")
     p.add_argument("--model", help="model name (default: the tenant's default model)")
     p.add_argument("--series-id", help="series id passed to the server")
-    p.add_argument("--time", type=float, help="unix seconds of the series' last reading (models with calendar inputs need it; single series only)")
+    p.add_argument(
+        "--time",
+        type=float,
+        help="unix seconds of the series' last reading (models with calendar inputs need it; single series only)",
+    )
     p.add_argument("--horizon", type=_positive_int, help="forecast steps wanted from a day-ahead model")
     _retry_args(p)
     _topic_args(p)
 
-    r = sub.add_parser("replay", parents=[parent], help="stream a CSV series, print forecasts beside actuals",
-                       description="Send each window of the last --window readings of a CSV series and print "
-                                   "the forecast beside the actual next reading and a running MAE.")
+    r = sub.add_parser(
+        "replay",
+        parents=[parent],
+        help="stream a CSV series, print forecasts beside actuals",
+        description="Send each window of the last --window readings of a CSV series and print "
+        "the forecast beside the actual next reading and a running MAE.",
+    )
     r.add_argument("file", help="CSV with columns station_id, parameter_id, reading_time, value")
     r.add_argument("--series", help="station_id/parameter_id to replay (default: the first, as the trainer picks)")
-    r.add_argument("--window", type=_positive_int, default=protocol.LEGACY_WINDOW,
-                   help=f"readings per request (default {protocol.LEGACY_WINDOW})")
+    r.add_argument(
+        "--window",
+        type=_positive_int,
+        default=protocol.LEGACY_WINDOW,
+        help=f"readings per request (default {protocol.LEGACY_WINDOW})",
+    )
     r.add_argument("--rate", type=_positive_float, help="requests per second (default: as fast as answers come)")
     r.add_argument("--limit", type=_positive_int, help="stop after this many forecasts")
     r.add_argument("--tenant", help="tenant (env MLSERVING_CLIENT_TENANT)")
@@ -130,41 +153,72 @@ def build_parser() -> argparse.ArgumentParser:
     _retry_args(r)
     _topic_args(r)
 
-    load = sub.add_parser("load", parents=[parent], help="generate load and report throughput and latency",
-                          description="Open loop (--rate) or closed loop (--concurrency) load on one or more "
-                                      "tenants; prints sent/answered/errors/lost/duplicates, throughput and "
-                                      "p50/p95/p99/max latency.")
+    load = sub.add_parser(
+        "load",
+        parents=[parent],
+        help="generate load and report throughput and latency",
+        description="Open loop (--rate) or closed loop (--concurrency) load on one or more "
+        "tenants; prints sent/answered/errors/lost/duplicates, throughput and "
+        "p50/p95/p99/max latency.",
+    )
     load.add_argument("--tenant", action="append", default=[], help="tenant to load (repeat for several)")
-    load.add_argument("--auth", action="append", default=[], metavar="TENANT:PASSWORD",
-                      help="credentials of one tenant: TENANT:PASSWORD (user = tenant) or TENANT=USER:PASSWORD; "
-                           "tenants without --auth use --username/--password")
+    load.add_argument(
+        "--auth",
+        action="append",
+        default=[],
+        metavar="TENANT:PASSWORD",
+        help="credentials of one tenant: TENANT:PASSWORD (user = tenant) or TENANT=USER:PASSWORD; "
+        "tenants without --auth use --username/--password",
+    )
     mode = load.add_mutually_exclusive_group(required=True)
     mode.add_argument("--rate", type=_positive_float, help="open loop: requests per second, over all tenants")
-    mode.add_argument("--concurrency", type=_positive_int,
-                      help="closed loop: requests outstanding, split over the tenants")
+    mode.add_argument(
+        "--concurrency", type=_positive_int, help="closed loop: requests outstanding, split over the tenants"
+    )
     load.add_argument("--duration", type=_duration, help=f"seconds to send (at most {MAX_DURATION_S:g})")
     load.add_argument("--count", type=_positive_int, help="requests to send in total")
     load.add_argument("--batch", type=_positive_int, default=1, help="series per message (default 1)")
-    load.add_argument("--window", type=_positive_int, default=protocol.LEGACY_WINDOW,
-                      help=f"readings per series (default {protocol.LEGACY_WINDOW})")
+    load.add_argument(
+        "--window",
+        type=_positive_int,
+        default=protocol.LEGACY_WINDOW,
+        help=f"readings per series (default {protocol.LEGACY_WINDOW})",
+    )
     load.add_argument("--model", help="model name (default: each tenant's default model)")
-    load.add_argument("--grace", type=_non_negative_float, default=5.0,
-                      help="seconds to wait for answers after the last send; still unanswered = lost (default 5)")
-    load.add_argument("--request-timeout", type=_positive_float, default=5.0,
-                      help="closed loop: a request unanswered this long frees its slot (default 5)")
-    load.add_argument("--engine", choices=ENGINES, default="auto",
-                      help="MQTT client: lean (built-in, cheapest per request; no TLS, no reconnect), paho, or "
-                           "auto = lean unless --tls-ca or --qos 2 (default auto)")
-    load.add_argument("--loopback", action="store_true",
-                      help="publish requests to our own reply topic: the broker echoes them, no server needed; "
-                           "measures the generator's own ceiling (needs write access to the response topic)")
+    load.add_argument(
+        "--grace",
+        type=_non_negative_float,
+        default=5.0,
+        help="seconds to wait for answers after the last send; still unanswered = lost (default 5)",
+    )
+    load.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=5.0,
+        help="closed loop: a request unanswered this long frees its slot (default 5)",
+    )
+    load.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="lean: a broken connection fails its tenant and its unanswered requests count as lost; "
+        "reconnect: reconnect with the library's backoff; auto = lean (default auto)",
+    )
+    load.add_argument(
+        "--loopback",
+        action="store_true",
+        help="publish requests to our own reply topic: the broker echoes them, no server needed; "
+        "measures the generator's own ceiling (needs write access to the response topic)",
+    )
     load.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
 def _connection(args: argparse.Namespace, tenant: str | None = None) -> config_mod.ConnectionConfig:
-    flags = {k: getattr(args, k, None) for k in ("host", "port", "username", "password", "password_file",
-                                                 "prefix", "tls_ca", "qos")}
+    flags = {
+        k: getattr(args, k, None)
+        for k in ("host", "port", "username", "password", "password_file", "prefix", "tls_ca", "qos")
+    }
     flags["tenant"] = tenant if tenant is not None else getattr(args, "tenant", None)
     return config_mod.resolve(flags)
 
@@ -174,9 +228,18 @@ def _client(args: argparse.Namespace) -> Client:
     if cfg.tenant is None:
         raise UsageError("tenant: give --tenant or set MLSERVING_CLIENT_TENANT")
     return Client(
-        cfg.host, cfg.port, cfg.effective_username, cfg.password, cfg.tenant, prefix=cfg.prefix,
-        request_topic=args.request_topic, response_topic=args.response_topic, tls_ca=cfg.tls_ca, qos=cfg.qos,
-        timeout=args.timeout, attempts=args.attempts,
+        cfg.host,
+        cfg.port,
+        cfg.effective_username,
+        cfg.password,
+        cfg.tenant,
+        prefix=cfg.prefix,
+        request_topic=args.request_topic,
+        response_topic=args.response_topic,
+        tls_ca=cfg.tls_ca,
+        qos=cfg.qos,
+        timeout=args.timeout,
+        attempts=args.attempts,
     )
 
 
@@ -201,8 +264,14 @@ def _series_args(args: argparse.Namespace) -> tuple[list[float] | None, list[lis
 def cmd_predict(args: argparse.Namespace) -> int:
     series, instances = _series_args(args)
     with _client(args) as client:
-        future = client.submit(series, instances=instances, model=args.model, series_id=args.series_id,
-                               horizon=args.horizon, time_s=args.time)
+        future = client.submit(
+            series,
+            instances=instances,
+            model=args.model,
+            series_id=args.series_id,
+            horizon=args.horizon,
+            time_s=args.time,
+        )
         try:
             answer = future.result()
         except PredictionError as exc:
@@ -226,18 +295,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if step.forecast is None:
             print(f"{step.time}  actual {step.actual:10.4f}  error: {step.error}", flush=True)
         else:
-            print(f"{step.time}  forecast {step.forecast:10.4f}  actual {step.actual:10.4f}  "
-                  f"|err| {abs(step.forecast - step.actual):8.4f}  MAE {step.mae:8.4f}  ({step.version})", flush=True)
+            print(
+                f"{step.time}  forecast {step.forecast:10.4f}  actual {step.actual:10.4f}  "
+                f"|err| {abs(step.forecast - step.actual):8.4f}  MAE {step.mae:8.4f}  ({step.version})",
+                flush=True,
+            )
 
     with _client(args) as client:
         print(f"replaying {series.label}: {len(series.values)} readings, window {args.window}", file=sys.stderr)
-        summary = replay(client, series, args.window, rate=args.rate, limit=args.limit, model=args.model,
-                         on_step=show)
+        summary = replay(client, series, args.window, rate=args.rate, limit=args.limit, model=args.model, on_step=show)
     result = summary.to_dict()
     mae = f"{summary.mae:.4f}" if summary.mae is not None else "-"
     rmse = f"{summary.rmse:.4f}" if summary.rmse is not None else "-"
-    print(f"summary: {summary.answered}/{summary.steps} forecasts, MAE {mae}, RMSE {rmse}, "
-          f"errors {dict(summary.errors) or 0}, versions {dict(summary.versions)}")
+    print(
+        f"summary: {summary.answered}/{summary.steps} forecasts, MAE {mae}, RMSE {rmse}, "
+        f"errors {dict(summary.errors) or 0}, versions {dict(summary.versions)}"
+    )
     if args.summary_json:
         with open(args.summary_json, "wb") as handle:
             handle.write(orjson.dumps(result, option=orjson.OPT_INDENT_2))
@@ -281,10 +354,23 @@ def load_spec(args: argparse.Namespace) -> LoadSpec:
         username, password = auth.get(tenant, (args.username or tenant, base.password))
         targets.append(TenantTarget(tenant, username, password))
     spec = LoadSpec(
-        host=base.host, port=base.port, targets=tuple(targets), rate=args.rate, concurrency=args.concurrency,
-        duration=args.duration, count=args.count, batch=args.batch, window=args.window, model=args.model,
-        qos=base.qos, prefix=base.prefix, tls_ca=base.tls_ca, grace=args.grace,
-        request_timeout=args.request_timeout, engine=args.engine, loopback=args.loopback,
+        host=base.host,
+        port=base.port,
+        targets=tuple(targets),
+        rate=args.rate,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        count=args.count,
+        batch=args.batch,
+        window=args.window,
+        model=args.model,
+        qos=base.qos,
+        prefix=base.prefix,
+        tls_ca=base.tls_ca,
+        grace=args.grace,
+        request_timeout=args.request_timeout,
+        engine=args.engine,
+        loopback=args.loopback,
     )
     try:
         spec.validate()

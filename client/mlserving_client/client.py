@@ -22,13 +22,11 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from mlserving_common import protocol
-from mlserving_common.logs import event
+from typing import Any, cast
 
 from mlserving_client import transport
+from mlserving_common import mqtt, protocol
+from mlserving_common.logs import event
 
 log = logging.getLogger("mlserving_client")
 
@@ -116,7 +114,7 @@ class Client:
     """A connection to the broker that turns series into forecasts.
 
     Thread-safe: `submit` may be called from many threads; answers complete futures from
-    paho's network thread, retries and timeouts from one timer thread.
+    the connection's network thread, retries and timeouts from one timer thread.
     """
 
     def __init__(
@@ -138,8 +136,7 @@ class Client:
         backoff: float = 0.2,
         connect_timeout: float = 10.0,
     ) -> None:
-        if qos not in (0, 1, 2):
-            raise ValueError(f"qos: {qos!r} must be 0, 1 or 2")
+        transport.check_qos(qos)
         if timeout <= 0:
             raise ValueError(f"timeout: {timeout!r} must be > 0")
         if attempts < 1:
@@ -167,25 +164,26 @@ class Client:
         self._closed = False
         self._ready = threading.Event()
         self._failure: str | None = None
-        self._subscribe_mid: int | None = None
-        #: mid of each QoS >= 1 request PUBLISH -> (request id, attempt), to tell which one a refusal names.
-        self._pubacks: transport.PubackTracker[tuple[str, int]] = transport.PubackTracker()
+        self._last_error: mqtt.MqttError | None = None
+        self._up = False  # connected now (network thread only)
 
-        self._mqtt = transport.make_client(self.client_id, username, password, tls_ca)
-        self._mqtt.on_connect = self._on_connect
-        self._mqtt.on_subscribe = self._on_subscribe
-        self._mqtt.on_message = self._on_message
-        self._mqtt.on_publish = self._on_publish
-        self._mqtt.on_disconnect = self._on_disconnect
+        options = transport.connect_options(
+            host, port, self.client_id, username, password, tls_ca, connect_timeout=connect_timeout
+        )
+        self._mqtt = mqtt.Connection(
+            options,
+            on_connect=self._on_connect,
+            on_message=self._on_message,
+            on_delivery=self._on_delivery,
+            on_disconnect=self._on_disconnect,
+        )
         self._timer_thread = threading.Thread(target=self._run_timers, name="mlserving-client-timers", daemon=True)
         self._timer_thread.start()
-        try:
-            transport.start(self._mqtt, host, port)
-        except OSError as exc:
-            self.close()
-            raise ConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
+        # The network thread connects, retrying (the broker may be starting) until connect_timeout.
+        self._mqtt.start()
         if not self._ready.wait(connect_timeout) or self._failure:
-            reason = self._failure or f"no connection to {host}:{port} within {connect_timeout:g} s"
+            last = f" (last error: {self._last_error})" if self._last_error else ""
+            reason = self._failure or f"no connection to {host}:{port} within {connect_timeout:g} s{last}"
             self.close()
             raise ConnectionError(reason)
 
@@ -241,14 +239,24 @@ class Client:
         self._publish(pending)
         return pending.future
 
-    def predict(self, series: Sequence[float], timeout: float | None = None, model: str | None = None,
-                series_id: str | None = None, horizon: int | None = None, time_s: float | None = None) -> Prediction:
+    def predict(
+        self,
+        series: Sequence[float],
+        timeout: float | None = None,
+        model: str | None = None,
+        series_id: str | None = None,
+        horizon: int | None = None,
+        time_s: float | None = None,
+    ) -> Prediction:
         """Forecast one series (raw readings, oldest first); blocks until answered or failed."""
-        return self._wait(self.submit(series, model=model, series_id=series_id, timeout=timeout,
-                                      horizon=horizon, time_s=time_s), timeout)
+        return self._wait(
+            self.submit(series, model=model, series_id=series_id, timeout=timeout, horizon=horizon, time_s=time_s),
+            timeout,
+        )
 
-    def predict_batch(self, instances: Sequence[Sequence[float]], timeout: float | None = None,
-                      model: str | None = None) -> list[Any]:
+    def predict_batch(
+        self, instances: Sequence[Sequence[float]], timeout: float | None = None, model: str | None = None
+    ) -> list[Any]:
         """Forecast many series in one message; returns one forecast per instance, in order."""
         return self._wait(self.submit(instances=instances, model=model, timeout=timeout), timeout).values
 
@@ -256,8 +264,9 @@ class Client:
         """A snapshot of this client's counters."""
         with self._lock:
             s = self._stats
-            return ClientStats(s.sent, s.retries, s.answered, Counter(s.errors), s.timeouts, s.duplicates,
-                               s.unexpected, s.connects)
+            return ClientStats(
+                s.sent, s.retries, s.answered, Counter(s.errors), s.timeouts, s.duplicates, s.unexpected, s.connects
+            )
 
     @property
     def in_flight(self) -> int:
@@ -274,8 +283,7 @@ class Client:
             self._wake.notify_all()
         for p in pending:
             _resolve(p.future, exc=ConnectionError("client closed before an answer arrived"))
-        self._mqtt.disconnect()
-        self._mqtt.loop_stop()
+        self._mqtt.close()
         if threading.current_thread() is not self._timer_thread:
             self._timer_thread.join(timeout=5)
 
@@ -290,29 +298,30 @@ class Client:
     def _wait(self, future: Future[Prediction], timeout: float | None) -> Prediction:
         per_attempt = timeout if timeout is not None else self.timeout
         # The timer thread always resolves the future; this bound only guards against a bug.
-        bound = self.attempts * (per_attempt + self.backoff * 2 ** self.attempts) + 10
+        bound = self.attempts * (per_attempt + self.backoff * 2**self.attempts) + 10
         return future.result(timeout=bound)
 
     def _publish(self, pending: _Pending) -> None:
-        props = transport.publish_properties(self.reply_topic, pending.request_id.encode())
-        # With QoS >= 1 paho queues the message while disconnected and sends it on reconnect;
-        # with QoS 0 it is dropped and the retry timer resends it.
-        attempt = pending.attempt
-        info = self._mqtt.publish(self.request_topic, pending.payload, qos=self.qos, properties=props)
-        if self.qos:
-            code = self._pubacks.sent(info.mid, (pending.request_id, attempt))
-            if code is not None and code >= transport.REFUSED:  # refused before publish() returned
-                self._refused(pending.request_id, attempt, code)
+        # At QoS 1 the connection queues the message while disconnected and sends it on reconnect;
+        # at QoS 0 (or once closed) it is dropped: the retry timer resends it (close() fails it).
+        try:
+            self._mqtt.publish(
+                self.request_topic,
+                pending.payload,
+                self.qos,
+                response_topic=self.reply_topic,
+                correlation_data=pending.request_id.encode(),
+                context=(pending.request_id, pending.attempt),
+            )
+        except mqtt.NotConnected:
+            pass
 
-    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason_code: Any,
-                    _properties: Any) -> None:
-        """PUBACK of a request (QoS 1; PUBCOMP at QoS 2): a reason code >= 0x80 means the broker
-        refused it and no server will ever see it, so the request fails now, not at its timeout."""
-        if not self.qos:
-            return  # QoS 0: paho reports the write, the broker acknowledges nothing
-        key = self._pubacks.acked(mid, reason_code.value)
-        if key is not None and reason_code.value >= transport.REFUSED:
-            self._refused(key[0], key[1], reason_code.value)
+    def _on_delivery(self, delivery: mqtt.Delivery) -> None:
+        """PUBACK of a request (QoS 1): a reason code >= 0x80 means the broker refused it and no
+        server will ever see it, so the request fails now, not at its timeout."""
+        if delivery.refused and delivery.reason_code is not None:
+            rid, attempt = cast(tuple[str, int], delivery.context)
+            self._refused(rid, attempt, delivery.reason_code)
 
     def _count_stray(self, rid: object) -> None:
         """An answer to no pending request: a duplicate if it names a completed one."""
@@ -338,8 +347,9 @@ class Client:
             if code in protocol.ErrorCode.RETRYABLE and pending.attempt < pending.max_attempts:
                 if not pending.resend_scheduled:
                     pending.resend_scheduled = True
-                    self._schedule(time.monotonic() + self._retry_delay(pending.attempt), "resend", rid,
-                                   pending.attempt)
+                    self._schedule(
+                        time.monotonic() + self._retry_delay(pending.attempt), "resend", rid, pending.attempt
+                    )
                 return True
             del self._pending[rid]
             self._remember_done(rid)
@@ -395,28 +405,20 @@ class Client:
                 event(log, "request_retry", logging.DEBUG, request_id=rid, attempt=pending.attempt)
                 self._publish(pending)
 
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
-                    _properties: Any) -> None:
-        if reason_code.is_failure:
-            if not self._ready.is_set():
-                # Refused at the first attempt (bad credentials, ...): give up instead of looping.
-                self._failure = f"broker refused the connection: {reason_code}"
-                self._ready.set()
-            event(log, "connect_refused", logging.WARNING, reason=str(reason_code))
-            return
+    def _on_connect(self, _connack: mqtt.ConnAck) -> None:
+        self._up = True
         with self._lock:
             self._stats.connects += 1
-        _, mid = client.subscribe(self.reply_topic, qos=self.qos)
-        self._subscribe_mid = mid
+        self._mqtt.subscribe(self.reply_topic, qos=self.qos, on_done=self._on_subscribe)
         event(log, "connected", logging.DEBUG, client_id=self.client_id, reply_topic=self.reply_topic)
 
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, reason_codes: list[Any],
-                      _properties: Any) -> None:
-        if mid != self._subscribe_mid:
-            return
-        if any(rc.is_failure for rc in reason_codes):
+    def _on_subscribe(self, ack: mqtt.SubscribeAck) -> None:
+        if ack.error is not None:
+            return  # the connection dropped before the SUBACK: the next connect subscribes again
+        if ack.refused:
             if not self._ready.is_set():
-                self._failure = f"broker refused the subscription to {self.reply_topic}: {reason_codes[0]}"
+                code = mqtt.reason_name("suback", (ack.reason_codes or [0])[0])
+                self._failure = f"broker refused the subscription to {self.reply_topic}: {code}"
                 self._ready.set()
             return
         first = not self._ready.is_set()
@@ -430,12 +432,20 @@ class Client:
                 self._publish(p)
             event(log, "reconnected", logging.INFO, client_id=self.client_id, resent=len(pending))
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
-                       _properties: Any) -> None:
-        if not self._closed:
-            event(log, "disconnected", logging.WARNING, client_id=self.client_id, reason=str(reason_code))
+    def _on_disconnect(self, error: mqtt.MqttError) -> None:
+        """A lost connection or a failed attempt; refused at the first attempt (bad credentials, a
+        client id the broker does not accept) the client gives up instead of retrying forever."""
+        self._last_error = error
+        was_up, self._up = self._up, False
+        if isinstance(error, mqtt.ConnectRefused):
+            if not self._ready.is_set():
+                self._failure = str(error)
+                self._ready.set()
+            event(log, "connect_refused", logging.WARNING, reason=str(error))
+        elif was_up and not self._closed:  # not every failed attempt while the broker is away
+            event(log, "disconnected", logging.WARNING, client_id=self.client_id, reason=str(error))
 
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: mqtt.Message) -> None:
         now_ns = time.perf_counter_ns()
         try:
             body = protocol.decode_response(msg.payload)
@@ -443,8 +453,8 @@ class Client:
             with self._lock:
                 self._stats.unexpected += 1
             return
-        correlation = getattr(msg.properties, "CorrelationData", None)
-        rid = correlation.decode(errors="replace") if correlation else body.get("id")
+        correlation = msg.correlation_data
+        rid: Any = correlation.decode(errors="replace") if correlation else body.get("id")
         error = body.get("error")
         if isinstance(error, dict):
             code, message = str(error.get("code", protocol.ErrorCode.INTERNAL)), str(error.get("message", ""))
@@ -460,18 +470,21 @@ class Client:
             self._count_stray(rid)
             return
         values = body.get("predictions") if pending.batched else [body.get("prediction")]
-        _resolve(pending.future, result=Prediction(
-            id=rid,
-            values=list(values or []),
-            model=body.get("model"),
-            version=body.get("version"),
-            tenant=body.get("tenant"),
-            normalized=bool(body.get("normalized", False)),
-            batched=pending.batched,
-            attempts=pending.attempt,
-            latency_s=(now_ns - pending.started_ns) / 1e9,
-            raw=body,
-        ))
+        _resolve(
+            pending.future,
+            result=Prediction(
+                id=rid,
+                values=list(values or []),
+                model=body.get("model"),
+                version=body.get("version"),
+                tenant=body.get("tenant"),
+                normalized=bool(body.get("normalized", False)),
+                batched=pending.batched,
+                attempts=pending.attempt,
+                latency_s=(now_ns - pending.started_ns) / 1e9,
+                raw=body,
+            ),
+        )
 
 
 def _resolve(future: Future[Prediction], result: Prediction | None = None, exc: BaseException | None = None) -> None:

@@ -53,8 +53,8 @@ class ConnectionConfig:
             raise ConfigError("host: must not be empty")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} must be 1..65535")
-        if self.qos not in (0, 1, 2):
-            raise ConfigError(f"qos: {self.qos} must be 0, 1 or 2")
+        if self.qos not in (0, 1):
+            raise ConfigError(f"qos: {self.qos} must be 0 or 1")
         if not self.prefix or any(ch in self.prefix for ch in "+#"):
             raise ConfigError(f"prefix: {self.prefix!r} must be a non-empty topic without wildcards")
         if self.tenant is not None and (not self.tenant or any(ch in self.tenant for ch in "/+#")):

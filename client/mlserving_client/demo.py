@@ -25,12 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
-from mlserving_common import protocol
-from mlserving_common.mosquitto import BrokerUser, LocalBroker, free_port, server_acl, tenant_acl, tenant_topics
 
 from mlserving_client.client import Client
 from mlserving_client.replay import ReplayStep, Series, plot, read_series, replay
 from mlserving_client.stats import LatencyRecorder
+from mlserving_common import protocol
+from mlserving_common.mosquitto import BrokerUser, LocalBroker, free_port, server_acl, tenant_acl, tenant_topics
 
 TENANTS = {"tenant-a": "lstm", "tenant-b": "ann"}
 WINDOW = 6
@@ -101,11 +101,34 @@ def tool(name: str) -> str:
 def try_candidate(workdir: Path, data: Path, name: str, kind: str, epochs: int, series: str, window: int) -> bool:
     """Train one candidate and `publish --promote` it: True if the quality gate let it serve."""
     package = workdir / f"pkg-{name}-{time.time_ns()}"
-    run_cli([tool("mlserving-train"), "train", "--data", str(data), "--model", kind, "--name", name, "--series", series,
-             "--window", str(window), "--epochs", str(epochs), "--out", str(package),
-             "--plot", str(workdir / f"train-{name}-forecast.png")], f"train {name}")
-    code = run_cli([tool("mlserving-train"), "publish", str(package), "--registry", str(workdir / "registry"),
-                    "--promote"], f"publish {name}", ok=(0, GATE_REFUSED))
+    run_cli(
+        [
+            tool("mlserving-train"),
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            kind,
+            "--name",
+            name,
+            "--series",
+            series,
+            "--window",
+            str(window),
+            "--epochs",
+            str(epochs),
+            "--out",
+            str(package),
+            "--plot",
+            str(workdir / f"train-{name}-forecast.png"),
+        ],
+        f"train {name}",
+    )
+    code = run_cli(
+        [tool("mlserving-train"), "publish", str(package), "--registry", str(workdir / "registry"), "--promote"],
+        f"publish {name}",
+        ok=(0, GATE_REFUSED),
+    )
     return code == 0
 
 
@@ -126,8 +149,10 @@ def train_and_publish(
             return model, windows[0]
         say(f"{model} ({attempt_epochs} epochs) lost to a baseline (gate line above): not served")
     if kind != "linear":
-        say(f"{model} does not beat every baseline on {series} after {ATTEMPTS} tries; serving the best baseline"
-            f" instead: the linear AR (package kind linear) under the name {model}")
+        say(
+            f"{model} does not beat every baseline on {series} after {ATTEMPTS} tries; serving the best baseline"
+            f" instead: the linear AR (package kind linear) under the name {model}"
+        )
     for window in windows:
         if try_candidate(workdir, data, model, "linear", 1, series, window):
             say(f"{model}: the linear AR over {window} readings passed the quality gate and is serving")
@@ -138,8 +163,12 @@ def train_and_publish(
 def write_server_config(workdir: Path, broker: LocalBroker, index: int) -> tuple[Path, int]:
     http_port = free_port()
     config = {
-        "broker": {"host": broker.host, "port": broker.port, "username": "ml-server",
-                   "password_file": str(workdir / "server-password")},
+        "broker": {
+            "host": broker.host,
+            "port": broker.port,
+            "username": "ml-server",
+            "password_file": str(workdir / "server-password"),
+        },
         "registry": {"path": str(workdir / "registry"), "poll_seconds": 1},
         "http": {"host": "127.0.0.1", "port": http_port},
         "drain_seconds": 5,
@@ -195,8 +224,11 @@ def replay_until(client: Client, run: TenantRun, rate: float, stop: threading.Ev
                 run.errors[step.error] += 1
             if len(run.steps) % print_every == 0:
                 forecast = f"{step.forecast:9.2f}" if step.forecast is not None else f"{step.error:>9}"
-                print(f"  {run.tenant:8} {step.time}  actual {step.actual:9.2f}  forecast {forecast}"
-                      f"  running MAE {step.mae or 0:7.2f}  {step.version}", flush=True)
+                print(
+                    f"  {run.tenant:8} {step.time}  actual {step.actual:9.2f}  forecast {forecast}"
+                    f"  running MAE {step.mae or 0:7.2f}  {step.version}",
+                    flush=True,
+                )
 
         summary = replay(client, chunk, run.window, rate=rate, on_step=on_step, timeout=2.0)
         run.latency.extend(summary.latency)
@@ -223,8 +255,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"working in {workdir}")
 
         data = workdir / "bts.csv"
-        run_cli([tool("mlserving-train"), "generate", "--stations", "2", "--days", str(DAYS), "--seed", "7",
-                 "--out", str(data)], "generate")
+        run_cli(
+            [
+                tool("mlserving-train"),
+                "generate",
+                "--stations",
+                "2",
+                "--days",
+                str(DAYS),
+                "--seed",
+                "7",
+                "--out",
+                str(data),
+            ],
+            "generate",
+        )
         stations = {tenant: read_series(data, f"BTS{i + 1:03d}") for i, tenant in enumerate(TENANTS)}
         served = {
             tenant: train_and_publish(workdir, data, model, args.epochs, stations[tenant].label, (WINDOW, WEEK_WINDOW))
@@ -233,11 +278,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         passwords = {name: secrets.token_urlsafe(12) for name in [*TENANTS, "ml-server"]}
         users = [BrokerUser(t, passwords[t], tenant_acl(*tenant_topics(t))) for t in TENANTS]
-        users.append(BrokerUser("ml-server", passwords["ml-server"], server_acl([tenant_topics(t) for t in TENANTS]), service=True))
+        users.append(
+            BrokerUser(
+                "ml-server", passwords["ml-server"], server_acl([tenant_topics(t) for t in TENANTS]), service=True
+            )
+        )
         broker = stack.enter_context(LocalBroker(users, workdir=workdir / "broker"))
         (workdir / "server-password").write_text(passwords["ml-server"])
-        say(f"mosquitto on {broker.host}:{broker.port}: passwords required, per-tenant ACLs "
-            f"(tenant-a may only publish {protocol.request_topic('tenant-a')})")
+        say(
+            f"mosquitto on {broker.host}:{broker.port}: passwords required, per-tenant ACLs "
+            f"(tenant-a may only publish {protocol.request_topic('tenant-a')})"
+        )
         for index in (1, 2):
             stack.enter_context(server_process(workdir, broker, index))
 
@@ -246,10 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         v2_refused = ""
         threads = []
         for tenant in TENANTS:
-            client = stack.enter_context(Client(broker.host, broker.port, tenant, passwords[tenant], tenant,
-                                                timeout=2.0, attempts=5))
-            thread = threading.Thread(target=replay_until, args=(client, runs[tenant], args.rate, stop, args.print_every),
-                                      daemon=True)
+            client = stack.enter_context(
+                Client(broker.host, broker.port, tenant, passwords[tenant], tenant, timeout=2.0, attempts=5)
+            )
+            thread = threading.Thread(
+                target=replay_until, args=(client, runs[tenant], args.rate, stop, args.print_every), daemon=True
+            )
             thread.start()
             threads.append(thread)
         say(f"replaying both tenants at {args.rate:g} req/s each through 2 servers (shared subscription)")
@@ -258,8 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             say("retraining lstm as v2 while traffic flows")
             # Same window as v1: tenant-a's client keeps sending what it sends.
             try:
-                train_and_publish(workdir, data, "lstm", args.v2_epochs, stations["tenant-a"].label,
-                                  (served["tenant-a"][1],), kind=served["tenant-a"][0])
+                train_and_publish(
+                    workdir,
+                    data,
+                    "lstm",
+                    args.v2_epochs,
+                    stations["tenant-a"].label,
+                    (served["tenant-a"][1],),
+                    kind=served["tenant-a"][0],
+                )
                 say("lstm v2 promoted: servers load, verify and warm it up off the hot path, then swap")
             except RuntimeError as exc:
                 v2_refused = str(exc)
@@ -277,9 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_lost = run.errors.get("timeout", 0)
             lost += run_lost
             mae = ", ".join(f"{v} {m:.2f}" for v, m in run.mae_by_version().items())
-            print(f"{run.tenant}: answered {len(run.steps) - sum(run.errors.values())}/{len(run.steps)}, "
-                  f"lost {run_lost}, errors {dict(run.errors) or 0}, p50 {latency.p50_ms:.1f} ms, "
-                  f"p99 {latency.p99_ms:.1f} ms, answers by version {dict(run.versions_seen())}, MAE {mae}")
+            print(
+                f"{run.tenant}: answered {len(run.steps) - sum(run.errors.values())}/{len(run.steps)}, "
+                f"lost {run_lost}, errors {dict(run.errors) or 0}, p50 {latency.p50_ms:.1f} ms, "
+                f"p99 {latency.p99_ms:.1f} ms, answers by version {dict(run.versions_seen())}, MAE {mae}"
+            )
             out = workdir / f"demo-{run.tenant}-forecast.png"
             plot(run.steps[-PLOT_STEPS:], f"{run.tenant} ({run.series.label}), last {PLOT_STEPS} requests", out)
             print(f"  plot: {out}")
@@ -290,8 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shutil.copy(png, keep / png.name)
             print(f"plots copied to {keep}/")
         switched = "lstm:v2" in runs["tenant-a"].versions_seen()
-        print(f"tenant-a: {runs['tenant-a'].mixed_answers('lstm:v1', 'lstm:v2')} v1 answer(s) after the first v2 one"
-              " (the two replicas swap independently, each within its 1 s registry poll)")
+        print(
+            f"tenant-a: {runs['tenant-a'].mixed_answers('lstm:v1', 'lstm:v2')} v1 answer(s) after the first v2 one"
+            " (the two replicas swap independently, each within its 1 s registry poll)"
+        )
         ok = lost == 0 and (switched or bool(v2_refused))
         refused = f"; v2 refused by the gate: {v2_refused}" if v2_refused else ""
         print(f"result: {'OK' if ok else 'FAILED'} (lost {lost}, tenant-a switched to v2: {switched}{refused})")

@@ -1,13 +1,13 @@
 """Load generator: drive any request/response server that speaks the wire contract.
 
-One paho connection per tenant keeps many requests outstanding. Payloads are encoded once
-with protocol.encode_request around a placeholder id and completed per request by splicing
-the id in, so the per-request cost is a bytes join, a dict insert and paho's publish. Answers
-are matched by MQTT v5 Correlation Data in paho's network thread; latencies are
-perf_counter_ns differences. Open loop sends at a fixed rate whatever the server does (the
+One connection (mlserving_common.mqtt) per tenant keeps many requests outstanding. Payloads are
+encoded once with protocol.encode_request around a placeholder id and completed per request by
+splicing the id in, so the per-request cost is a bytes join, a dict insert and one publish.
+Answers are matched by MQTT v5 Correlation Data in the connection's network thread; latencies
+are perf_counter_ns differences. Open loop sends at a fixed rate whatever the server does (the
 honest way to measure latency under a given load); closed loop keeps a fixed number of
 requests outstanding (the way to find saturation throughput). A request whose PUBLISH the
-broker refuses (PUBACK reason code >= 0x80, matched by packet id) counts at once as an error
+broker refuses (PUBACK reason code >= 0x80, matched to its request) counts at once as an error
 `refused_by_broker`, neither answered nor lost, and in closed loop frees its slot.
 
 `run_load` is the entry point for the CLI, benchmarks and tests.
@@ -25,17 +25,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import paho.mqtt.client as mqtt
-from mlserving_common import protocol
-from mlserving_common.logs import event
-
-from mlserving_client import leanmqtt, transport
+from mlserving_client import transport
 from mlserving_client.stats import Counters, LatencyRecorder, LatencySummary, rate, summarize_ns
+from mlserving_common import mqtt, protocol
+from mlserving_common.logs import event
 
 log = logging.getLogger("mlserving_client.load")
 
 MAX_DURATION_S = 3600.0
-ENGINES = ("auto", "lean", "paho")
+ENGINES = ("auto", "lean", "reconnect")
 _ID_MARK = "@@request-id@@"
 _MONITOR_INTERVAL_S = 0.05
 
@@ -72,8 +70,8 @@ class LoadSpec:
     request_timeout: float = 5.0
     connect_timeout: float = 10.0
     windows: tuple[tuple[float, ...], ...] | None = None
-    #: "lean" (leanmqtt: cheapest per request, no TLS, no reconnect), "paho", or "auto":
-    #: lean unless TLS is asked for or QoS is 2.
+    #: "lean": a broken connection fails its tenant (unanswered requests count as lost), or
+    #: "reconnect": it comes back with the library's backoff; "auto" is lean.
     engine: str = "auto"
     #: Publish each request to the lane's own reply topic, so the broker hands it straight back
     #: with no server involved: measures the generator's (and broker's) own ceiling. The user
@@ -82,9 +80,7 @@ class LoadSpec:
 
     @property
     def resolved_engine(self) -> str:
-        if self.engine != "auto":
-            return self.engine
-        return "paho" if self.tls_ca is not None or self.qos == 2 else "lean"
+        return "lean" if self.engine == "auto" else self.engine
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range."""
@@ -100,7 +96,9 @@ class LoadSpec:
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
             raise ValueError(f"rate: {self.rate!r} must be a positive number of requests per second")
         if self.concurrency is not None and self.concurrency < len(self.targets):
-            raise ValueError(f"concurrency: {self.concurrency!r} must be >= the number of tenants ({len(self.targets)})")
+            raise ValueError(
+                f"concurrency: {self.concurrency!r} must be >= the number of tenants ({len(self.targets)})"
+            )
         if self.duration is None and self.count is None:
             raise ValueError("duration/count: give a duration, a count or both")
         if self.duration is not None and not 0 < self.duration <= MAX_DURATION_S:
@@ -111,14 +109,11 @@ class LoadSpec:
             raise ValueError(f"batch: {self.batch!r} must be >= 1")
         if self.window < 1:
             raise ValueError(f"window: {self.window!r} must be >= 1")
-        if self.qos not in (0, 1, 2):
-            raise ValueError(f"qos: {self.qos!r} must be 0, 1 or 2")
+        transport.check_qos(self.qos)
         if self.grace < 0:
             raise ValueError(f"grace: {self.grace!r} must be >= 0")
         if self.engine not in ENGINES:
             raise ValueError(f"engine: {self.engine!r} must be one of {', '.join(ENGINES)}")
-        if self.resolved_engine == "lean" and (self.tls_ca is not None or self.qos == 2):
-            raise ValueError("engine: lean supports neither TLS nor QoS 2; use engine paho")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout: {self.request_timeout!r} must be > 0")
 
@@ -203,7 +198,11 @@ class LoadResult:
     def format_text(self) -> str:
         """The human summary the CLI prints."""
         c, lat = self.counters, self.latency
-        how = f"open loop at {self.target_rate:g} req/s" if self.mode == "open" else f"closed loop at {self.concurrency} outstanding"
+        how = (
+            f"open loop at {self.target_rate:g} req/s"
+            if self.mode == "open"
+            else f"closed loop at {self.concurrency} outstanding"
+        )
         errors = ", ".join(f"{k}={v}" for k, v in sorted(c.errors.items())) or "none"
         lines = [
             f"load: {how}, batch {self.batch}, QoS {self.qos}, {len(self.tenants)} tenant(s), {self.engine} client",
@@ -219,7 +218,9 @@ class LoadResult:
             )
         else:
             lines.append("latency: no successful answers")
-        lines.append(f"generator CPU: {self.cpu_percent:.0f} % of one core, {self.cpu_us_per_request:.0f} µs per request")
+        lines.append(
+            f"generator CPU: {self.cpu_percent:.0f} % of one core, {self.cpu_us_per_request:.0f} µs per request"
+        )
         if self.versions:
             lines.append("versions: " + ", ".join(f"{k}={v}" for k, v in sorted(self.versions.items())))
         for tenant, reason in sorted(self.failures.items()):
@@ -242,9 +243,7 @@ def synthetic_windows(window: int, n: int = 64) -> tuple[tuple[float, ...], ...]
     )
 
 
-def request_templates(
-    windows: Sequence[Sequence[float]], batch: int, model: str | None
-) -> list[tuple[bytes, bytes]]:
+def request_templates(windows: Sequence[Sequence[float]], batch: int, model: str | None) -> list[tuple[bytes, bytes]]:
     """(head, tail) pairs such that head + b'"' + id + b'"' + tail is encode_request(...) for that id."""
     marker = f'"{_ID_MARK}"'.encode()
     templates = []
@@ -261,25 +260,38 @@ def request_templates(
     return templates
 
 
-class _PahoConnection:
-    """A lane's connection through paho (TLS, reconnects); the reference MQTT client."""
+class _Connection:
+    """A lane's connection. Engine lean fails fast: a broken connection fails the lane (reported
+    in `failures`) and its unanswered requests count as lost; engine reconnect comes back with
+    the library's backoff, re-sending the QoS 1 requests that were in flight."""
 
     def __init__(self, lane: _Lane, spec: LoadSpec) -> None:
         self.lane = lane
         self.failure: str | None = None
         self.ready = threading.Event()
-        self._subscribe_mid: int | None = None
-        self._topic_field = transport.response_topic_field(lane.reply_topic)
-        self._pubacks: transport.PubackTracker[bytes] = transport.PubackTracker()
-        self.client = transport.make_client(lane.client_id, lane.target.username, lane.target.password, spec.tls_ca)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
-        if lane.qos:
-            self.client.on_publish = self._on_publish
+        self._closing = False
+        target = lane.target
+        options = transport.connect_options(
+            spec.host,
+            spec.port,
+            lane.client_id,
+            target.username,
+            target.password,
+            spec.tls_ca,
+            reconnect=spec.resolved_engine == "reconnect",
+            connect_timeout=spec.connect_timeout,
+        )
+        self.client = mqtt.Connection(
+            options,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            on_delivery=self._on_delivery if lane.qos else None,
+        )
+        self._publish = self.client.publish
 
-    def start(self, spec: LoadSpec) -> None:
-        transport.start(self.client, spec.host, spec.port)
+    def start(self) -> None:
+        self.client.start()
 
     def wait_ready(self, timeout: float) -> None:
         if not self.ready.wait(timeout):
@@ -288,116 +300,65 @@ class _PahoConnection:
             raise ConnectionError(self.failure)
 
     def publish(self, rid: bytes, payload: bytes) -> None:
-        props = transport.PublishProperties(self.lane.reply_topic, rid, self._topic_field)
-        info = self.client.publish(self.lane.request_topic, payload, self.lane.qos, properties=props)
-        if self.lane.qos:
-            code = self._pubacks.sent(info.mid, rid)
-            if code is not None and code >= transport.REFUSED:  # refused before publish() returned
-                self.lane.on_refused(rid)
+        lane = self.lane
+        try:
+            self._publish(
+                lane.request_topic,
+                payload,
+                lane.qos,
+                response_topic=lane.reply_topic,
+                correlation_data=rid,
+                context=rid,
+            )
+        except mqtt.NotConnected:
+            pass  # the lane failed (lean), or QoS 0 while reconnecting: the request counts as lost
 
     def publish_many(self, requests: list[tuple[bytes, bytes]]) -> None:
+        """Queued together: one wake-up of the network thread, one write for the lot."""
         for rid, payload in requests:
             self.publish(rid, payload)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._closing = True
+        self.client.close()
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if reason_code.is_failure:
-            if not self.ready.is_set():
-                self.failure = f"broker refused the connection: {reason_code}"
-                self.ready.set()
-            return
-        _, self._subscribe_mid = client.subscribe(self.lane.reply_topic, qos=self.lane.qos)
+    def _on_connect(self, _connack: mqtt.ConnAck) -> None:
+        self.client.subscribe(self.lane.reply_topic, qos=self.lane.qos, on_done=self._on_subscribe)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reason_codes: list[Any], _p: Any) -> None:
-        if mid == self._subscribe_mid and not self.ready.is_set():
-            if any(rc.is_failure for rc in reason_codes):
-                self.failure = f"subscription to {self.lane.reply_topic} refused: {reason_codes[0]}"
+    def _on_subscribe(self, ack: mqtt.SubscribeAck) -> None:
+        if not self.ready.is_set() and ack.error is None:
+            if ack.refused:
+                code = mqtt.reason_name("suback", (ack.reason_codes or [0])[0])
+                self.failure = f"subscription to {self.lane.reply_topic} refused: {code}"
             self.ready.set()
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason_code: Any, _p: Any) -> None:
-        rid = self._pubacks.acked(mid, reason_code.value)
-        if rid is not None and reason_code.value >= transport.REFUSED:
-            self.lane.on_refused(rid)
+    def _on_disconnect(self, error: mqtt.MqttError) -> None:
+        """Lean: any loss fails the lane. Reconnect: only a refusal of the first connect does."""
+        if self._closing or self.failure is not None:
+            return
+        first_refused = not self.ready.is_set() and isinstance(error, mqtt.ConnectRefused)
+        if self.client.options.reconnect is None or first_refused:
+            self.failure = str(error)
+            self.ready.set()
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        now = time.perf_counter_ns()
-        self.lane.on_answer(getattr(msg.properties, "CorrelationData", None), cast(bytes, msg.payload), now)
+    def _on_delivery(self, delivery: mqtt.Delivery) -> None:
+        if delivery.refused:
+            self.lane.on_refused(cast(bytes, delivery.context))
 
-
-class _LeanConnection:
-    """A lane's connection through leanmqtt: several times cheaper per request than paho."""
-
-    def __init__(self, lane: _Lane, spec: LoadSpec) -> None:
-        self.lane = lane
-        self.qos = spec.qos
-        self.client = leanmqtt.LeanClient(spec.host, spec.port, lane.client_id, lane.target.username,
-                                          lane.target.password)
-        self.client.on_message = lane.on_answer
-        self.client.on_refused = self._on_refused
-        #: packet id -> request id of QoS 1 requests; an id is reused only once acknowledged, so
-        #: entries are simply overwritten (no per-PUBACK bookkeeping on the hot path).
-        self._rids: dict[int, bytes] = {}
-        self._header = leanmqtt.publish_header(spec.qos)
-        self._topic = leanmqtt.utf8_field(lane.request_topic)
-        self._topic_field = transport.response_topic_field(lane.reply_topic)
-        self._error: Exception | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def failure(self) -> str | None:
-        return self.client.failure
-
-    def start(self, spec: LoadSpec) -> None:
-        def run() -> None:
-            try:
-                self.client.connect(self.lane.reply_topic, self.qos, spec.connect_timeout)
-            except (ConnectionError, OSError) as exc:
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-
-    def wait_ready(self, timeout: float) -> None:
-        assert self._thread is not None
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise ConnectionError(f"no connection within {timeout:g} s")
-        if self._error is not None:
-            raise ConnectionError(str(self._error))
-
-    def _encode(self, rid: bytes, payload: bytes) -> bytes:
-        props = transport.PublishProperties(self.lane.reply_topic, rid, self._topic_field).pack()
-        if self.qos:
-            packet_id = self.client.next_packet_id()
-            self._rids[packet_id] = rid
-            body = b"".join((self._topic, packet_id.to_bytes(2, "big"), props, payload))
-        else:
-            body = b"".join((self._topic, props, payload))
-        return bytes((self._header,)) + leanmqtt.varint(len(body)) + body
-
-    def publish(self, rid: bytes, payload: bytes) -> None:
-        self.client.publish(self._encode(rid, payload), self.qos)
-
-    def _on_refused(self, packet_id: int, _reason_code: int) -> None:
-        rid = self._rids.pop(packet_id, None)
-        if rid is not None:
-            self.lane.on_refused(rid)
-
-    def publish_many(self, requests: list[tuple[bytes, bytes]]) -> None:
-        self.client.publish_many([self._encode(rid, payload) for rid, payload in requests], self.qos)
-
-    def close(self) -> None:
-        self.client.close()
+    def _on_message(self, msg: mqtt.Message) -> None:
+        self.lane.on_answer(msg.correlation_data, msg.payload, time.perf_counter_ns())
 
 
 class _Lane:
     """One tenant's connection, its outstanding requests and what came back."""
 
-    def __init__(self, target: TenantTarget, spec: LoadSpec, templates: list[tuple[bytes, bytes]],
-                 on_reply: Callable[[_Lane, bytes], None] | None) -> None:
+    def __init__(
+        self,
+        target: TenantTarget,
+        spec: LoadSpec,
+        templates: list[tuple[bytes, bytes]],
+        on_reply: Callable[[_Lane, bytes], None] | None,
+    ) -> None:
         self.target = target
         self.qos = spec.qos
         self.client_id = transport.new_client_id(target.username, "mll")
@@ -417,10 +378,7 @@ class _Lane:
         self.unexpected = 0
         self.last_reply_ns = 0
         self._seq = itertools.count()
-        engine = spec.resolved_engine
-        self.conn: _PahoConnection | _LeanConnection = (
-            _LeanConnection(self, spec) if engine == "lean" else _PahoConnection(self, spec)
-        )
+        self.conn = _Connection(self, spec)
 
     @property
     def sent(self) -> int:
@@ -486,7 +444,7 @@ class _Lane:
     def _stray(self, rid: bytes | None) -> None:
         """An answer to nothing in flight: a duplicate if it names one of our past ids."""
         if rid is not None and rid.startswith(self.tag):
-            tail = rid[len(self.tag):]
+            tail = rid[len(self.tag) :]
             if tail.isdigit() and int(tail) < self.sent:
                 self.duplicates += 1
                 return
@@ -494,8 +452,12 @@ class _Lane:
 
     def result(self) -> TenantResult:
         counters = Counters(
-            sent=self.sent, answered=len(self.latency), errors=Counter(self.errors), lost=len(self.inflight),
-            duplicates=self.duplicates, unexpected=self.unexpected,
+            sent=self.sent,
+            answered=len(self.latency),
+            errors=Counter(self.errors),
+            lost=len(self.inflight),
+            duplicates=self.duplicates,
+            unexpected=self.unexpected,
         )
         return TenantResult(self.target.tenant, counters, self.latency.summary())
 
@@ -600,7 +562,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
 
 def _connect(lanes: Sequence[_Lane], spec: LoadSpec) -> None:
     for lane in lanes:
-        lane.conn.start(spec)
+        lane.conn.start()
     deadline = time.monotonic() + spec.connect_timeout
     for lane in lanes:
         try:
@@ -639,9 +601,10 @@ def _run_open(lanes: Sequence[_Lane], spec: LoadSpec) -> None:
 def _run_closed(lanes: Sequence[_Lane], spec: LoadSpec, closed: _ClosedLoop) -> None:
     """Prime every lane with its share of the concurrency; replies keep the pipes full."""
     assert spec.concurrency is not None
-    shares = [spec.concurrency // len(lanes) + (1 if i < spec.concurrency % len(lanes) else 0)
-              for i in range(len(lanes))]
-    for lane, share in zip(lanes, shares):
+    shares = [
+        spec.concurrency // len(lanes) + (1 if i < spec.concurrency % len(lanes) else 0) for i in range(len(lanes))
+    ]
+    for lane, share in zip(lanes, shares, strict=True):
         for _ in range(share):
             if closed.take():
                 lane.send()
@@ -661,5 +624,5 @@ def _drain(lanes: Sequence[_Lane], grace: float) -> None:
 
 
 def _all_failed(lanes: Sequence[_Lane]) -> bool:
-    """Every connection broke (lean engine): nothing more can be sent or answered."""
+    """Every connection broke (engine lean): nothing more can be sent or answered."""
     return all(lane.failure for lane in lanes)

@@ -148,7 +148,7 @@ def _select(groups: dict[str, Any], selector: str | None, path: str | Path) -> s
 def windows(values: list[float], window: int) -> Iterator[tuple[int, list[float], float]]:
     """(index of the actual, the `window` readings before it, the actual)."""
     for t in range(window, len(values)):
-        yield t, values[t - window:t], values[t]
+        yield t, values[t - window : t], values[t]
 
 
 def replay(

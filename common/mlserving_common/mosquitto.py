@@ -145,18 +145,57 @@ def make_test_certificates(directory: str | Path, hosts: Iterable[str] = ("127.0
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
     key, csr, cert = directory / "broker.key", directory / "broker.csr", directory / "broker.crt"
-    san = ",".join(
-        f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts
-    )
+    san = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts)
     extensions = directory / "broker.ext"
     extensions.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
     commands = [
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ml-serving test CA",
-         "-keyout", str(ca_key), "-out", str(ca_cert)],
-        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={next(iter(hosts))}",
-         "-keyout", str(key), "-out", str(csr)],
-        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
-         "-days", "2", "-extfile", str(extensions), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ml-serving test CA",
+            "-keyout",
+            str(ca_key),
+            "-out",
+            str(ca_cert),
+        ],
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={next(iter(hosts))}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+        ],
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca_cert),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(extensions),
+            "-out",
+            str(cert),
+        ],
     ]
     for command in commands:
         subprocess.run(command, check=True, capture_output=True)
@@ -167,7 +206,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the usual bind-to-0 trick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def tenant_topics(tenant: str, prefix: str = protocol.DEFAULT_PREFIX) -> tuple[str, str]:
@@ -299,7 +339,7 @@ def write_password_file(path: Path, users: Iterable[BrokerUser]) -> None:
         path.write_text("")
 
 
-def wait_for_port(host: str, port: int, timeout: float = 10.0, process: subprocess.Popen | None = None) -> None:
+def wait_for_port(host: str, port: int, timeout: float = 10.0, process: subprocess.Popen[Any] | None = None) -> None:
     """Block until something accepts TCP connections on host:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -343,7 +383,7 @@ class LocalBroker:
         self.password_path = self.workdir / "passwd"
         self.acl_path = self.workdir / "acl"
         self.log_path = self.workdir / "mosquitto.log"
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._write_files()
 
     def _write_files(self) -> None:

@@ -16,7 +16,7 @@ import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 PACKAGE_FORMAT = "ml-serving-model/1"
 MODEL_FILE = "model.tflite"
@@ -32,11 +32,11 @@ class PackageError(ValueError):
     """A package that must not serve: the message names the file or field at fault."""
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -100,7 +100,10 @@ class Metadata:
         checks: list[tuple[bool, str]] = [
             (self.format == PACKAGE_FORMAT, f"format: expected {PACKAGE_FORMAT!r}, got {self.format!r}"),
             (bool(NAME_PATTERN.match(self.name)), f"name: {self.name!r} must match {NAME_PATTERN.pattern}"),
-            (bool(VERSION_PATTERN.match(self.version)), f"version: {self.version!r} must look like v0 (unpublished), v1, v2, ..."),
+            (
+                bool(VERSION_PATTERN.match(self.version)),
+                f"version: {self.version!r} must look like v0 (unpublished), v1, v2, ...",
+            ),
             (_is_int(self.window) and 1 <= self.window <= 4096, f"window: {reprlib.repr(self.window)} must be 1..4096"),
             (self.normalization.std > 0, f"normalization.std: {self.normalization.std!r} must be > 0"),
             (bool(re.fullmatch(r"[0-9a-f]{64}", self.model_sha256)), "model_sha256: must be 64 hex digits"),
@@ -117,7 +120,8 @@ class Metadata:
         if len(self.input.shape) < 2 or self.input.shape[1] != self.input_width:
             raise PackageError(
                 f"input.shape: {self.input.shape!r} must be [-1, window={self.window}"
-                + (f" + {len(self.calendar_features)} calendar features" if self.calendar_features else "") + ", ...]"
+                + (f" + {len(self.calendar_features)} calendar features" if self.calendar_features else "")
+                + ", ...]"
             )
 
     def _validate_horizon_and_calendar(self) -> None:
@@ -131,35 +135,58 @@ class Metadata:
         from mlserving_common.calendar import CALENDAR_FEATURES
 
         names = self.calendar.get("features")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n in CALENDAR_FEATURES for n in names) \
-                or len(set(names)) != len(names):
-            raise PackageError(f"calendar.features: {reprlib.repr(names)} must be distinct names among {list(CALENDAR_FEATURES)}")
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n in CALENDAR_FEATURES for n in names)
+            or len(set(names)) != len(names)
+        ):
+            raise PackageError(
+                f"calendar.features: {reprlib.repr(names)} must be distinct names among {list(CALENDAR_FEATURES)}"
+            )
         interval = self.calendar.get("interval_s")
         if not (_is_number(interval) and math.isfinite(interval) and interval > 0):
             raise PackageError(f"calendar.interval_s: {reprlib.repr(interval)} must be a number of seconds > 0")
         if len(self.input.shape) != 2:
-            raise PackageError(f"input.shape: {self.input.shape!r} must be [-1, window + calendar features] for a calendar model")
+            raise PackageError(
+                f"input.shape: {self.input.shape!r} must be [-1, window + calendar features] for a calendar model"
+            )
 
     def _validate_types(self) -> None:
         """Wrong JSON types (a corrupted or hand-edited file) are PackageErrors too, never TypeErrors."""
-        for label, value in (("format", self.format), ("name", self.name), ("version", self.version),
-                             ("created_at", self.created_at), ("model_sha256", self.model_sha256),
-                             ("series_id", self.series_id)):
+        for label, value in (
+            ("format", self.format),
+            ("name", self.name),
+            ("version", self.version),
+            ("created_at", self.created_at),
+            ("model_sha256", self.model_sha256),
+            ("series_id", self.series_id),
+        ):
             if not isinstance(value, str):
                 raise PackageError(f"{label}: {reprlib.repr(value)} must be a string")
-        for label, value in (("normalization.mean", self.normalization.mean), ("normalization.std", self.normalization.std)):
-            if not (_is_number(value) and math.isfinite(value)):
-                raise PackageError(f"{label}: {reprlib.repr(value)} must be a finite number")
+        for label, number in (
+            ("normalization.mean", self.normalization.mean),
+            ("normalization.std", self.normalization.std),
+        ):
+            if not (_is_number(number) and math.isfinite(number)):
+                raise PackageError(f"{label}: {reprlib.repr(number)} must be a finite number")
         for label, spec in (("input", self.input), ("output", self.output)):
             if not isinstance(spec.shape, list) or not all(_is_int(d) for d in spec.shape):
                 raise PackageError(f"{label}.shape: {reprlib.repr(spec.shape)} must be a list of integers")
             if not isinstance(spec.dtype, str):
                 raise PackageError(f"{label}.dtype: {reprlib.repr(spec.dtype)} must be a string")
-        for label, value in (("metrics", self.metrics), ("data", self.data), ("input_stats", self.input_stats),
-                             ("training", self.training), ("framework", self.framework), ("parity", self.parity),
-                             ("calendar", self.calendar), ("gate", self.gate)):
-            if not isinstance(value, dict):
-                raise PackageError(f"{label}: {reprlib.repr(value)} must be a JSON object")
+        for label, obj in (
+            ("metrics", self.metrics),
+            ("data", self.data),
+            ("input_stats", self.input_stats),
+            ("training", self.training),
+            ("framework", self.framework),
+            ("parity", self.parity),
+            ("calendar", self.calendar),
+            ("gate", self.gate),
+        ):
+            if not isinstance(obj, dict):
+                raise PackageError(f"{label}: {reprlib.repr(obj)} must be a JSON object")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -249,7 +276,7 @@ def population_stability_index(expected: Sequence[float], actual: Sequence[float
     if len(expected) != len(actual):
         raise ValueError("histograms must have the same number of bins")
     total = 0.0
-    for e, a in zip(expected, actual):
+    for e, a in zip(expected, actual, strict=True):
         e, a = max(e, floor), max(a, floor)
         total += (a - e) * math.log(a / e)
     return total

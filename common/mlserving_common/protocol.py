@@ -124,19 +124,35 @@ def encode_record(
 ) -> bytes:
     """One request's windows as a live-traffic record: `t` is the server's receipt time (unix s),
     `src` the server and `seq` its running number, which orders one server's records exactly."""
-    return orjson.dumps({"v": PROTOCOL_VERSION, "tenant": tenant, "series_id": series_id, "model": model,
-                         "t": at, "src": source, "seq": seq, "windows": windows})
+    return orjson.dumps(
+        {
+            "v": PROTOCOL_VERSION,
+            "tenant": tenant,
+            "series_id": series_id,
+            "model": model,
+            "t": at,
+            "src": source,
+            "seq": seq,
+            "windows": windows,
+        }
+    )
 
 
 def decode_record(payload: bytes) -> dict[str, Any]:
     """A record as written by encode_record; ValueError if it is not one."""
     body = orjson.loads(payload)
-    if not isinstance(body, dict) or not isinstance(body.get("series_id"), str) or not isinstance(body.get("windows"), list):
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("series_id"), str)
+        or not isinstance(body.get("windows"), list)
+    ):
         raise ValueError("not a live-traffic record")
     if type(body.get("t")) not in _NUMBER_TYPES:
         raise ValueError("record without a time")
     for window in body["windows"]:
-        if not isinstance(window, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window):
+        if not isinstance(window, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in window
+        ):
             raise ValueError("record window is not a list of numbers")
     return body
 
@@ -180,7 +196,9 @@ class Request:
 MAX_HORIZON = 4096
 
 
-def _extras(body: dict[str, Any], count: int, batched: bool, rid: str | None) -> tuple[int | None, tuple[float, ...] | None]:
+def _extras(
+    body: dict[str, Any], count: int, batched: bool, rid: str | None
+) -> tuple[int | None, tuple[float, ...] | None]:
     """The optional `horizon` and `time` (series) / `times` (instances, one each) of a request."""
     horizon = body.get("horizon")
     if horizon is not None and (type(horizon) is not int or not 1 <= horizon <= MAX_HORIZON):
@@ -189,14 +207,19 @@ def _extras(body: dict[str, Any], count: int, batched: bool, rid: str | None) ->
     if other in body:
         raise ProtocolError(
             ErrorCode.INVALID_REQUEST,
-            "'time' goes with 'series', 'times' (one per instance) with 'instances'", rid,
+            "'time' goes with 'series', 'times' (one per instance) with 'instances'",
+            rid,
         )
     raw = body.get(key)
     if raw is None:
         return horizon, None
     items = raw if batched else [raw]
-    if not isinstance(items, list) or len(items) != count or not numbers_fit_float32(items) \
-            or not all(0 <= t <= 1e11 for t in items):
+    if (
+        not isinstance(items, list)
+        or len(items) != count
+        or not numbers_fit_float32(items)
+        or not all(0 <= t <= 1e11 for t in items)
+    ):
         what = f"a list of {count} unix times (seconds), one per instance" if batched else "a unix time in seconds"
         raise ProtocolError(ErrorCode.INVALID_REQUEST, f"'{key}' must be {what} of the last reading", rid)
     return horizon, tuple(map(float, items))
@@ -296,9 +319,7 @@ def parse_request(payload: bytes, max_bytes: int, max_instances: int) -> Request
         if not isinstance(raw, list) or not raw:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, "'instances' must be a non-empty list of series", rid)
         if len(raw) > max_instances:
-            raise ProtocolError(
-                ErrorCode.PAYLOAD_TOO_LARGE, f"{len(raw)} instances, limit is {max_instances}", rid
-            )
+            raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"{len(raw)} instances, limit is {max_instances}", rid)
         instances = _well_formed_instances(raw)
         if instances is None:  # something is wrong: validate item by item to name it
             instances = tuple(_finite_series(s, f"instances[{i}]", rid) for i, s in enumerate(raw))
@@ -343,12 +364,22 @@ def encode_request(
 
 
 def encode_prediction(
-    request: Request, predictions: list[float], tenant: str, model: str, version: str,
+    request: Request,
+    predictions: list[float],
+    tenant: str,
+    model: str,
+    version: str,
     forecasts: list[list[float]] | None = None,
 ) -> bytes:
     """Successful answer: one `prediction`, or `predictions` for a batched request (always the
     first forecast step); with a `horizon` request also `forecast` (the steps) or `forecasts`."""
-    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request.id, "tenant": tenant, "model": model, "version": version}
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "id": request.id,
+        "tenant": tenant,
+        "model": model,
+        "version": version,
+    }
     if request.batched:
         body["predictions"] = predictions
         if forecasts is not None:

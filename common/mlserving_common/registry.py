@@ -3,6 +3,7 @@
 The layout and rules are documented in docs/model-package.md. `Registry` is the interface
 the trainer, server and CLI program against; `FilesystemRegistry` is the backend for a local
 directory or a PVC, `broker_registry.BrokerRegistry` the one for clusters without shared storage.
+Both build on this module, never the other way round; `registries.open_registry` opens either.
 
 Filesystem layout::
 
@@ -80,6 +81,9 @@ class Registry(Protocol):
     def fetch(self, model: str, version: str | None = None) -> Path:
         """Local directory holding the package (current if version is None)."""
 
+    def close(self) -> None:
+        """Release what the backend holds open (the broker registry's MQTT connection); idempotent."""
+
 
 def version_number(version: str) -> int:
     if not VERSION_PATTERN.match(version):
@@ -108,7 +112,7 @@ def pointer_state(previous: dict[str, Any], version: str, history: list[str], ac
         "from": previous.get("version"),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    events = (list(previous.get("events", [])) + [event])[-MAX_EVENTS:]
+    events = [*previous.get("events", []), event][-MAX_EVENTS:]
     return {"version": version, "history": history, "events": events}
 
 
@@ -162,6 +166,9 @@ class FilesystemRegistry:
     def __repr__(self) -> str:
         return f"FilesystemRegistry({str(self.root)!r})"
 
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own files."""
+
     # -- readers ---------------------------------------------------------------------------
 
     def models(self) -> list[str]:
@@ -204,9 +211,6 @@ class FilesystemRegistry:
         if not path.is_dir():
             raise RegistryError(f"model {model!r} has no version {version!r}")
         return path
-
-    #: Alias: for this backend fetching is just naming the directory.
-    package_path = fetch
 
     def show(self, model: str, version: str | None = None) -> Metadata:
         """Metadata of a published version (current if None)."""
@@ -256,7 +260,7 @@ class FilesystemRegistry:
             raise RegistryError(f"model {model!r} has no published versions")
         with self._locked(model):
             state = self._read_state(model)
-            history = list(state.get("history", []))
+            history: list[str] = list(state.get("history", []))
             if len(history) < 2:
                 raise RegistryError(f"model {model!r} has no previously promoted version to roll back to")
             history.pop()
@@ -309,9 +313,7 @@ class FilesystemRegistry:
         history.append(version)
         self._write_state(model, version, history, state, action=action)
 
-    def _write_state(
-        self, model: str, version: str, history: list[str], previous: dict[str, Any], action: str
-    ) -> None:
+    def _write_state(self, model: str, version: str, history: list[str], previous: dict[str, Any], action: str) -> None:
         model_dir = self._model_dir(model)
         body = json.dumps(pointer_state(previous, version, history, action), indent=2).encode()
         fd, tmp_name = tempfile.mkstemp(prefix=f".{CURRENT_FILE}.", dir=model_dir)
@@ -327,23 +329,3 @@ class FilesystemRegistry:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-
-
-def open_registry(location: str | Path, client_id: str = "") -> Registry:
-    """Registry for a location string: a path or file:// URL, or mqtt[s]:// for the broker-backed one.
-
-    The broker form is documented in broker_registry.BrokerLocation; `client_id` names its MQTT session.
-    """
-    text = str(location)
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        if scheme in ("mqtt", "mqtts"):
-            from mlserving_common.broker_registry import open_broker_registry  # imports this module
-
-            return open_broker_registry(text, client_id=client_id)
-        if scheme != "file":
-            raise RegistryError(f"registry {text!r}: scheme {scheme!r} is not supported (a path, file://, mqtt:// or mqtts://)")
-        text = rest
-    if not text:
-        raise RegistryError("registry location is empty")
-    return FilesystemRegistry(Path(text))

@@ -7,13 +7,13 @@ conftest.py files are loaded in the same pytest run.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlserving_common.devcache import cache_dir
-
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ml-serving"
@@ -65,7 +65,9 @@ class Rendered:
 
     def one(self, kind: str, name: str) -> dict[str, Any]:
         found = [d for d in self.of_kind(kind) if d["metadata"]["name"] == name]
-        assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}: {[d['metadata']['name'] for d in self.of_kind(kind)]}"
+        assert len(found) == 1, (
+            f"expected one {kind} {name}, found {len(found)}: {[d['metadata']['name'] for d in self.of_kind(kind)]}"
+        )
         return found[0]
 
     def kinds(self) -> dict[str, int]:
@@ -85,8 +87,6 @@ def values_args(files: Sequence[str], sets: Sequence[str] = ()) -> list[str]:
     return args
 
 
-
-
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
     """The pod spec inside a Pod, a CronJob or any workload with a pod template."""
     if doc["kind"] == "Pod":
@@ -94,3 +94,16 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
     if doc["kind"] == "CronJob":
         return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     return doc["spec"]["template"]["spec"]
+
+
+def snake_keys(value: Any) -> Any:
+    """A rendered process config (camelCase keys, as values.yaml) with snake_case keys, the names
+    the processes' code and these tests use; names that are data (tenants, models) have no capitals."""
+    if isinstance(value, dict):
+        return {
+            re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", k).lower() if isinstance(k, str) else k: snake_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [snake_keys(v) for v in value]
+    return value

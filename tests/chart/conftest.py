@@ -23,14 +23,24 @@ def helm() -> Callable[..., HelmResult]:
         pytest.fail(f"helm not found at {HELM}: run ci/tools.sh (it installs helm {HELM_VERSION})", pytrace=False)
     version = subprocess.run([str(HELM), "version", "--template", "{{.Version}}"], capture_output=True, text=True)
     if version.stdout.strip() != HELM_VERSION:
-        pytest.fail(f"{HELM} is {version.stdout.strip() or version.stderr.strip()}, want {HELM_VERSION}: run ci/tools.sh",
-                    pytrace=False)
+        pytest.fail(
+            f"{HELM} is {version.stdout.strip() or version.stderr.strip()}, want {HELM_VERSION}: run ci/tools.sh",
+            pytrace=False,
+        )
 
     def run(*args: str) -> HelmResult:
-        proc = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "HELM_CACHE_HOME": "/tmp/ml-serving-helm/cache",
-                                   "HELM_CONFIG_HOME": "/tmp/ml-serving-helm/config",
-                                   "HELM_DATA_HOME": "/tmp/ml-serving-helm/data"})
+        proc = subprocess.run(
+            [str(HELM), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={
+                **os.environ,
+                "HELM_CACHE_HOME": "/tmp/ml-serving-helm/cache",
+                "HELM_CONFIG_HOME": "/tmp/ml-serving-helm/config",
+                "HELM_DATA_HOME": "/tmp/ml-serving-helm/data",
+            },
+        )
         return HelmResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
@@ -40,8 +50,9 @@ def helm() -> Callable[..., HelmResult]:
 def template(helm: Callable[..., HelmResult]) -> Callable[..., HelmResult]:
     """`helm template` with the test release/namespace and Kubernetes version; returns the raw result."""
 
-    def run(files: Sequence[str] = (), sets: Sequence[str] = (), api_versions: Sequence[str] = (),
-            extra: Sequence[str] = ()) -> HelmResult:
+    def run(
+        files: Sequence[str] = (), sets: Sequence[str] = (), api_versions: Sequence[str] = (), extra: Sequence[str] = ()
+    ) -> HelmResult:
         args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
         for api in api_versions:
             args += ["--api-versions", api]
@@ -55,8 +66,9 @@ def render(template: Callable[..., HelmResult]) -> Callable[..., Rendered]:
     """Render and parse; a render error fails the test with helm's message."""
     cache: dict[tuple, Rendered] = {}
 
-    def run(files: Sequence[str] = (), sets: Sequence[str] = (), api_versions: Sequence[str] = (),
-            extra: Sequence[str] = ()) -> Rendered:
+    def run(
+        files: Sequence[str] = (), sets: Sequence[str] = (), api_versions: Sequence[str] = (), extra: Sequence[str] = ()
+    ) -> Rendered:
         key = (tuple(files), tuple(sets), tuple(api_versions), tuple(extra))
         if key not in cache:
             result = template(files, sets, api_versions, extra)

@@ -17,16 +17,19 @@ import subprocess
 import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+
+from mlserving_common import mqtt
+from mlserving_common.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, auth_plugin, free_port, wait_for_port
 
 from chart_support import COMBOS, RELEASE
-from mlserving_common.mosquitto import MOSQUITTO, MOSQUITTO_PASSWD, auth_plugin, free_port, wait_for_port
+from mqtt_support import connect_to
 
 PASSWORDS = {"tenant-a": "pw-tenant-a", "tenant-b": "pw-tenant-b", "ml-server": "pw-server", "ml-trainer": "pw-trainer"}
 SETS = [f"tenants.{t}.password={PASSWORDS[t]}" for t in ("tenant-a", "tenant-b")] + [
-    f"broker.users.server.password={PASSWORDS['ml-server']}", f"broker.users.trainer.password={PASSWORDS['ml-trainer']}"]
+    f"broker.users.server.password={PASSWORDS['ml-server']}",
+    f"broker.users.trainer.password={PASSWORDS['ml-trainer']}",
+]
 
 
 def rendered_files(render, sets=()):
@@ -66,13 +69,17 @@ class ChartBroker:
         self.config = workdir / "mosquitto.conf"
         self.config.write_text(conf)
         self.log = workdir / "mosquitto.log"
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=self.log.open("wb"),
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config)],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             wait_for_port("127.0.0.1", self.port, 10, self.process)
             if self.tls_port:
                 wait_for_port("127.0.0.1", self.tls_port, 10, self.process)
-        except Exception as exc:
+        except (RuntimeError, TimeoutError) as exc:  # exited early, or never listened
             self.stop()
             pytest.fail(f"mosquitto refused the rendered config: {exc}\n{self.log.read_text()}")
 
@@ -105,46 +112,38 @@ def broker_factory(tmp_path):
 class Session:
     """A connected MQTT v5 client that records what it receives."""
 
-    def __init__(self, port: int, username: str | None, password: str | None, tls_ca: str | None = None,
-                 expect_ok: bool = True, client_id: str = "") -> None:
-        self.connected = threading.Event()
-        self.reason = None
-        self.messages: list[tuple[str, bytes]] = []
-        self.subacks = threading.Event()
-        self.suback_codes: list[int] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        if tls_ca:
-            self.client.tls_set(ca_certs=tls_ca)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
-        self.client.on_subscribe = lambda c, u, mid, codes, props: (
-            self.suback_codes.extend(code.value for code in codes), self.subacks.set())
-        self.client.connect("127.0.0.1", port, keepalive=10)
-        self.client.loop_start()
-        assert self.connected.wait(10), "no CONNACK"
+    def __init__(
+        self,
+        port: int,
+        username: str | None,
+        password: str | None,
+        tls_ca: str | None = None,
+        expect_ok: bool = True,
+        client_id: str = "",
+    ) -> None:
+        context = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+        self.raw = connect_to("127.0.0.1", port, username, password, client_id, ssl_context=context)
+        self.reason = self.raw.reason_code
         if expect_ok:
-            assert not self.reason.is_failure, f"{username}: {self.reason}"
+            assert not self.refused, f"{username}: {mqtt.reason_name('connack', self.reason)}"
 
-    def _on_connect(self, client, userdata, flags, reason, props):
-        self.reason = reason
-        self.connected.set()
+    @property
+    def refused(self) -> bool:
+        return self.raw.refused
+
+    @property
+    def messages(self) -> list[tuple[str, bytes]]:
+        return [(m.topic, m.payload) for m in list(self.raw.messages)]
 
     def subscribe(self, topic: str) -> int:
         """The SUBACK reason code (0x87: refused)."""
-        self.subacks.clear()
-        self.suback_codes.clear()
-        self.client.subscribe(topic, qos=1)
-        assert self.subacks.wait(10)
-        return self.suback_codes[0]
+        return self.raw.subscribe(topic, qos=1)[0]
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.raw.publish(topic, payload, qos=1, retain=retain)
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.raw.close()
 
 
 def wait_for(predicate, timeout=5.0):
@@ -161,10 +160,10 @@ def test_rendered_broker_authenticates_and_isolates_tenants(render, broker_facto
     broker = broker_factory(conf, auth)
 
     anonymous = Session(broker.port, None, None, expect_ok=False)
-    assert anonymous.reason.is_failure
+    assert anonymous.refused
     anonymous.close()
     wrong = Session(broker.port, "tenant-a", "not-the-password", expect_ok=False)
-    assert wrong.reason.is_failure
+    assert wrong.refused
     wrong.close()
 
     server = Session(broker.port, "ml-server", PASSWORDS["ml-server"])
@@ -204,9 +203,9 @@ def test_rendered_broker_refuses_client_ids_of_other_users_and_logs_refusals(ren
     try:
         for stolen in ("ml-trainer:trainer-lstm", "ml-server:abc", "tenant-b:x"):
             intruder = Session(broker.port, "tenant-a", PASSWORDS["tenant-a"], expect_ok=False, client_id=stolen)
-            assert intruder.reason.is_failure, stolen
+            assert intruder.refused, stolen
             intruder.close()
-        assert trainer.client.is_connected()  # not kicked
+        assert trainer.raw.connection.connected  # not kicked
         own = Session(broker.port, "tenant-a", PASSWORDS["tenant-a"], client_id="tenant-a:mine")
         assert own.subscribe("$SYS/#") == 0x87
         own.close()
@@ -226,8 +225,8 @@ def test_rendered_broker_keeps_registry_messages_for_server_and_trainer_only(ren
     trainer = Session(broker.port, "ml-trainer", PASSWORDS["ml-trainer"])
     tenant_a = Session(broker.port, "tenant-a", PASSWORDS["tenant-a"])
     try:
-        trainer.client.publish("ml/_registry/lstm/current", b"v2", qos=1, retain=True).wait_for_publish(10)
-        tenant_a.client.publish("ml/_registry/lstm/current", b"evil", qos=1, retain=True).wait_for_publish(10)
+        trainer.publish("ml/_registry/lstm/current", b"v2", retain=True)
+        tenant_a.publish("ml/_registry/lstm/current", b"evil", retain=True)
         server = Session(broker.port, "ml-server", PASSWORDS["ml-server"])
         server.subscribe("ml/_registry/#")
         assert wait_for(lambda: server.messages)
@@ -251,18 +250,59 @@ def test_rendered_tls_listener_serves_clients_that_verify_the_ca(render, broker_
     def run(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tls)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
-        "-subj", "/CN=test-ca")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    )
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=127.0.0.1")
     (tls / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "tls.crt",
-        "-days", "1", "-extfile", "san.cnf")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "tls.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "san.cnf",
+    )
     conf, auth = rendered_files(render, sets=["broker.tls.enabled=true", "broker.tls.secretName=broker-tls"])
     broker = broker_factory(conf, auth, tls_dir=tls)
     session = Session(broker.tls_port, "tenant-a", PASSWORDS["tenant-a"], tls_ca=str(tls / "ca.crt"))
     session.close()
     # A client that trusts another CA refuses the broker (no silent fallback to an unverified link).
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.crt", "-days", "1",
-        "-subj", "/CN=another-ca")
-    with pytest.raises(ssl.SSLError):
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=another-ca",
+    )
+    with pytest.raises(mqtt.ConnectionLost, match="CERTIFICATE_VERIFY_FAILED"):  # the TLS handshake's SSLError
         Session(broker.tls_port, "tenant-a", PASSWORDS["tenant-a"], tls_ca=str(tls / "other.crt"))

@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from chart_support import COMBOS, RELEASE
-
 from mlserving_server.config import LegacyConfig, parse_config
+
+from chart_support import COMBOS, RELEASE, snake_keys
 
 TWO = COMBOS["two-tenants"]
 
 
 def tenant_config(rendered, tenant: str) -> dict:
-    return yaml.safe_load(rendered.one("ConfigMap", f"{RELEASE}-server-{tenant}")["data"]["server.yaml"])
+    return snake_keys(yaml.safe_load(rendered.one("ConfigMap", f"{RELEASE}-server-{tenant}")["data"]["server.yaml"]))
 
 
 def test_legacy_settings_reach_the_tenants_server_config(render, tmp_path):
@@ -24,7 +24,7 @@ def test_legacy_settings_reach_the_tenants_server_config(render, tmp_path):
     config = tenant_config(rendered, "tenant-a")
     assert config["tenants"]["tenant-a"]["legacy"] == {"mean": 21.25, "scale": 4.5}
     config["broker"].pop("password_file", None)  # a file of the pod; the server reads it at start
-    assert parse_config(config).tenants["tenant-a"].legacy == LegacyConfig(21.25, 4.5)
+    assert parse_config(config).tenants["tenant-a"].legacy == LegacyConfig(mean=21.25, scale=4.5)
     assert "legacy" not in tenant_config(rendered, "tenant-b")["tenants"]["tenant-b"]  # unset: refused by the server
 
 
@@ -33,7 +33,10 @@ def test_legacy_settings_reach_the_tenants_server_config(render, tmp_path):
     [
         (["tenants.tenant-a.legacy.mean=21"], "scale"),
         (["tenants.tenant-a.legacy.mean=21", "tenants.tenant-a.legacy.scale=0"], "scale"),
-        (["tenants.tenant-a.legacy.mean=21", "tenants.tenant-a.legacy.scale=1", "tenants.tenant-a.legacy.offset=2"], "offset"),
+        (
+            ["tenants.tenant-a.legacy.mean=21", "tenants.tenant-a.legacy.scale=1", "tenants.tenant-a.legacy.offset=2"],
+            "offset",
+        ),
     ],
 )
 def test_schema_refuses_incomplete_or_bad_legacy_settings(template, sets, reason):

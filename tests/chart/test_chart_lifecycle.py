@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chart_support import COMBOS, RELEASE
+from chart_support import COMBOS, RELEASE, snake_keys
 
 TWO = COMBOS["two-tenants"]
 PROD = COMBOS["prod"]
@@ -22,11 +22,11 @@ def values_file(tmp_path: Path, body: str) -> str:
 
 
 def server_config(rendered, tenant):
-    return yaml.safe_load(rendered.one("ConfigMap", f"{RELEASE}-server-{tenant}")["data"]["server.yaml"])
+    return snake_keys(yaml.safe_load(rendered.one("ConfigMap", f"{RELEASE}-server-{tenant}")["data"]["server.yaml"]))
 
 
 def trainer_config(rendered, model):
-    return yaml.safe_load(rendered.one("ConfigMap", f"{RELEASE}-retrain-{model}")["data"]["trainer.yaml"])
+    return snake_keys(yaml.safe_load(rendered.one("ConfigMap", f"{RELEASE}-retrain-{model}")["data"]["trainer.yaml"]))
 
 
 def cron_pod(rendered, model):
@@ -36,7 +36,9 @@ def cron_pod(rendered, model):
 def test_shadow_record_and_lifecycle_settings_reach_the_server(render, tmp_path):
     from mlserving_server.config import parse_config
 
-    extra = values_file(tmp_path, """
+    extra = values_file(
+        tmp_path,
+        """
 tenants:
   tenant-a:
     models: {ann: ""}
@@ -47,7 +49,8 @@ server:
     lifecycle:
       drift: {errorFactor: 2.0, psiThreshold: 0.3}
       autoRollback: {enabled: false}
-""")
+""",
+    )
     rendered = render((*TWO, extra))
     raw = server_config(rendered, "tenant-a")
     assert raw["tenants"]["tenant-a"]["shadow"] == {"lstm": "v3"}
@@ -63,14 +66,17 @@ server:
 def test_retraining_with_records_and_drift_trigger_gets_a_broker_session(render, tmp_path):
     from mlserving_training.config import TrainConfig
 
-    extra = values_file(tmp_path, """
+    extra = values_file(
+        tmp_path,
+        """
 retraining:
   models:
     ann:
       trigger: drift
       records: {enabled: true, tenants: [tenant-b]}
       qualityGate: {margin: 0.05, enabled: true}
-""")
+""",
+    )
     rendered = render((*PROD, extra))
     ann = trainer_config(rendered, "ann")
     config = TrainConfig().merged(ann, source="ann").validate()
@@ -91,8 +97,10 @@ retraining:
     assert trainer_config(rendered, "lstm")["tenants"] == ["tenant-a"]
     plain = trainer_config(render(PROD, sets=["retraining.models.lstm.records.enabled=false"]), "lstm")
     assert plain["records"] is False and "broker_host" not in plain
-    assert "broker-password" not in {v["name"] for v in cron_pod(render(PROD, sets=[
-        "retraining.models.lstm.records.enabled=false"]), "lstm")["volumes"]}
+    assert "broker-password" not in {
+        v["name"]
+        for v in cron_pod(render(PROD, sets=["retraining.models.lstm.records.enabled=false"]), "lstm")["volumes"]
+    }
 
 
 def test_quality_gate_can_be_switched_off_for_a_bootstrap_run(render, tmp_path):
@@ -117,7 +125,9 @@ def test_combinations_that_would_lose_records_or_cannot_shadow_fail(template, se
 
 def test_drift_and_rollback_alerts_per_tenant(render):
     (rule,) = render(PROD, api_versions=["monitoring.coreos.com/v1"]).of_kind("PrometheusRule")
-    for group in rule["spec"]["groups"]:
+    groups = rule["spec"]["groups"]
+    assert groups, "the PrometheusRule has no rule groups"
+    for group in groups:
         alerts = {r["alert"]: r for r in group["rules"]}
         assert alerts["MlServingModelDrift"]["for"] == "30m"
         assert "mlserving_drift{" in alerts["MlServingModelDrift"]["expr"]
@@ -130,8 +140,14 @@ def test_dashboard_shows_live_error_drift_and_rollbacks(render):
     cm = render(PROD).one("ConfigMap", f"{RELEASE}-dashboard")
     dashboard = json.loads(cm["data"]["ml-serving.json"])
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
-    for metric in ("mlserving_live_mae", "mlserving_live_scored_total", "mlserving_drift", "mlserving_input_psi",
-                   "mlserving_auto_rollbacks_total", "mlserving_records_published_total"):
+    for metric in (
+        "mlserving_live_mae",
+        "mlserving_live_scored_total",
+        "mlserving_drift",
+        "mlserving_input_psi",
+        "mlserving_auto_rollbacks_total",
+        "mlserving_records_published_total",
+    ):
         assert metric in exprs
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -140,7 +156,9 @@ def test_dashboard_shows_live_error_drift_and_rollbacks(render):
 def test_a_trainer_uses_only_the_tenants_served_its_model(render, template, tmp_path):
     """Default: the tenants whose models include the trainer's; named tenants must exist; none is
     an error at render time (before: records_tenant unset meant every tenant's records)."""
-    extra = values_file(tmp_path, """
+    extra = values_file(
+        tmp_path,
+        """
 tenants:
   tenant-b:
     models: {lstm: ""}
@@ -148,13 +166,20 @@ retraining:
   models:
     ann:
       trigger: drift
-""")
+""",
+    )
     rendered = render((*PROD, extra))
     assert trainer_config(rendered, "lstm")["tenants"] == ["tenant-a", "tenant-b"]
     assert trainer_config(rendered, "ann")["tenants"] == ["tenant-b"]
     assert "tenants" not in trainer_config(render(PROD, sets=["retraining.models.lstm.records.enabled=false"]), "lstm")
     unknown = template(PROD, sets=["retraining.models.lstm.records.tenants={tenant-x}"])
     assert unknown.returncode != 0 and "is not a tenant of this release" in unknown.stderr, unknown.stderr
-    nobody = template(PROD, sets=["retraining.models.gru.kind=lstm", "retraining.models.gru.schedule=0 3 * * *",
-                                  "retraining.models.gru.records.enabled=true"])
+    nobody = template(
+        PROD,
+        sets=[
+            "retraining.models.gru.kind=lstm",
+            "retraining.models.gru.schedule=0 3 * * *",
+            "retraining.models.gru.records.enabled=true",
+        ],
+    )
     assert nobody.returncode != 0 and "no tenant is served model gru" in nobody.stderr, nobody.stderr

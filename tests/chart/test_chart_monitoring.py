@@ -52,8 +52,12 @@ def test_prometheus_rule_alerts_per_tenant_on_known_metrics(render, exported):
     assert set(groups) == {f"ml-serving.{RELEASE}.tenant-a", f"ml-serving.{RELEASE}.tenant-b"}
     for group in groups.values():
         alerts = {r["alert"]: r for r in group["rules"]}
-        assert {"MlServingNoReadyReplica", "MlServingErrorAnswersHigh", "MlServingLatencyHigh",
-                "MlServingBrokerDisconnected"} <= set(alerts)
+        assert {
+            "MlServingNoReadyReplica",
+            "MlServingErrorAnswersHigh",
+            "MlServingLatencyHigh",
+            "MlServingBrokerDisconnected",
+        } <= set(alerts)
         for alert in alerts.values():
             used = set(METRIC.findall(alert["expr"]))
             assert used and used <= exported, f"{alert['alert']}: unknown {sorted(used - exported)}"

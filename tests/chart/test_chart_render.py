@@ -7,18 +7,24 @@ import base64
 import pytest
 import yaml
 
-from chart_support import COMBOS, NAMESPACE, RELEASE, pod_spec
+from chart_support import COMBOS, NAMESPACE, RELEASE, pod_spec, snake_keys
 
 PREFIX = f"{RELEASE}"  # release name contains the chart name: objects are <release>-<component>
-STANDARD_LABELS = ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",
-                   "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of")
+STANDARD_LABELS = (
+    "helm.sh/chart",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+)
 WORKLOADS = ("Deployment", "StatefulSet")
 TWO = COMBOS["two-tenants"]
 
 
 def config_of(rendered, tenant):
     cm = rendered.one("ConfigMap", f"{PREFIX}-server-{tenant}")
-    return yaml.safe_load(cm["data"]["server.yaml"])
+    return snake_keys(yaml.safe_load(cm["data"]["server.yaml"]))
 
 
 def secret_data(rendered):
@@ -50,8 +56,11 @@ def test_workload_pod_templates_carry_selector_labels(render, combo):
 def test_exactly_one_deployment_hpa_configmap_service_per_tenant(render):
     rendered = render(TWO)
     for kind in ("Deployment", "HorizontalPodAutoscaler", "Service"):
-        names = sorted(d["metadata"]["name"] for d in rendered.of_kind(kind)
-                       if d["metadata"]["labels"].get("app.kubernetes.io/component") == "server")
+        names = sorted(
+            d["metadata"]["name"]
+            for d in rendered.of_kind(kind)
+            if d["metadata"]["labels"].get("app.kubernetes.io/component") == "server"
+        )
         assert names == [f"{PREFIX}-server-tenant-a", f"{PREFIX}-server-tenant-b"], kind
     for hpa in rendered.of_kind("HorizontalPodAutoscaler"):
         assert hpa["spec"]["scaleTargetRef"]["name"] == hpa["metadata"]["name"]
@@ -64,29 +73,53 @@ def test_exactly_one_deployment_hpa_configmap_service_per_tenant(render):
 def test_server_config_has_the_agreed_shape(render):
     config = config_of(render(TWO), "tenant-a")
     assert config == {
-        "broker": {"host": f"{PREFIX}-broker.{NAMESPACE}.svc", "port": 1883, "username": "ml-server",
-                   "password_file": "/etc/ml-serving/broker/password", "keepalive": 30,
-                   "tls": {"enabled": False, "ca_file": None}},
+        "broker": {
+            "host": f"{PREFIX}-broker.{NAMESPACE}.svc",
+            "port": 1883,
+            "username": "ml-server",
+            "password_file": "/etc/ml-serving/broker/password",
+            "keepalive": 30,
+            "tls": {"enabled": False, "ca_file": None},
+        },
         "topic_prefix": "ml",
         "share_group": "ml-serving",
         "qos": 1,
         "registry": {"path": "/models", "poll_seconds": 2},
         "batching": {"max_batch": 64, "max_wait_ms": 2},
-        "limits": {"max_payload_bytes": 262144, "max_instances": 1024, "max_pending": 5000,
-                   "max_pending_bytes": 16777216, "max_correlation_bytes": 256, "receive_maximum": 256,
-                   "max_outgoing": 10000},
+        "limits": {
+            "max_payload_bytes": 262144,
+            "max_instances": 1024,
+            "max_pending": 5000,
+            "max_pending_bytes": 16777216,
+            "max_correlation_bytes": 256,
+            "receive_maximum": 256,
+            "max_outgoing": 10000,
+        },
         "http": {"host": "0.0.0.0", "port": 8080},
         "drain_seconds": 20,
         "log_level": "info",
         "lifecycle": {
             "live_accuracy": {"enabled": True, "window": 500, "max_series": 10000},
-            "drift": {"enabled": True, "error_factor": 1.5, "min_scored": 100, "psi_threshold": 0.25,
-                      "input_window": 6000, "publish_events": True},
+            "drift": {
+                "enabled": True,
+                "error_factor": 1.5,
+                "min_scored": 100,
+                "psi_threshold": 0.25,
+                "input_window": 6000,
+                "publish_events": True,
+            },
             "auto_rollback": {"enabled": True, "margin": 0.2, "min_scored": 100, "window_seconds": 3600},
         },
-        "tenants": {"tenant-a": {"models": {"lstm": "current"}, "default_model": "lstm", "request_topic": None,
-                                 "response_topic": None, "rate_limit": {"per_second": 0, "burst": 0},
-                                 "record": False}},
+        "tenants": {
+            "tenant-a": {
+                "models": {"lstm": "current"},
+                "default_model": "lstm",
+                "request_topic": None,
+                "response_topic": None,
+                "rate_limit": {"per_second": 0, "burst": 0},
+                "record": False,
+            }
+        },
     }
 
 
@@ -96,10 +129,10 @@ def test_server_config_accepted_by_the_server(render, monkeypatch):
 
     for combo in ("two-tenants", "dev-two-tenants", "prod"):
         rendered = render(COMBOS[combo])
-        for cm in rendered.of_kind("ConfigMap"):
-            if "server.yaml" not in cm["data"]:
-                continue
-            raw = yaml.safe_load(cm["data"]["server.yaml"])
+        server_maps = [cm for cm in rendered.of_kind("ConfigMap") if "server.yaml" in cm["data"]]
+        assert server_maps, f"{combo}: no ConfigMap carries a server.yaml"
+        for cm in server_maps:
+            raw = snake_keys(yaml.safe_load(cm["data"]["server.yaml"]))
             raw["broker"]["tls"]["ca_file"] = None  # the CA file exists only in the pod
             config = parse_config(raw, env={"MLSERVING_BROKER_PASSWORD": "x"})
             assert len(config.tenants) == 1
@@ -172,8 +205,9 @@ def checksums(rendered, tenant):
     return annotations["checksum/config"]
 
 
-@pytest.mark.parametrize("change", ["model.version=v2", "tenants.tenant-a.model.version=v3",
-                                    "tenants.tenant-a.rateLimit.perSecond=10"])
+@pytest.mark.parametrize(
+    "change", ["model.version=v2", "tenants.tenant-a.model.version=v3", "tenants.tenant-a.rateLimit.perSecond=10"]
+)
 def test_config_checksum_changes_with_tenant_config(render, change):
     before = render(TWO)
     after = render(TWO, sets=[change])
@@ -186,8 +220,9 @@ def test_config_checksum_changes_with_tenant_config(render, change):
 
 
 def test_global_version_applies_unless_the_tenant_pins_one(render):
-    rendered = render(TWO, sets=["model.version=v2", "tenants.tenant-b.model.version=v1",
-                                 "tenants.tenant-a.models.ann=v4"])
+    rendered = render(
+        TWO, sets=["model.version=v2", "tenants.tenant-b.model.version=v1", "tenants.tenant-a.models.ann=v4"]
+    )
     assert config_of(rendered, "tenant-a")["tenants"]["tenant-a"]["models"] == {"lstm": "v2", "ann": "v4"}
     assert config_of(rendered, "tenant-a")["tenants"]["tenant-a"]["default_model"] == "lstm"
     assert config_of(rendered, "tenant-b")["tenants"]["tenant-b"]["models"] == {"ann": "v1"}
@@ -198,7 +233,10 @@ def test_config_checksum_is_stable_across_renders(render, template):
     first = template(TWO)
     second = template(TWO)
     assert first.returncode == second.returncode == 0
-    pick = lambda out: [line for line in out.splitlines() if "checksum/config" in line]
+
+    def pick(out):
+        return [line for line in out.splitlines() if "checksum/config" in line]
+
     assert pick(first.stdout) == pick(second.stdout)
 
 
@@ -223,8 +261,9 @@ def test_one_acl_block_per_tenant_matching_the_shared_policy(render):
 
 
 def test_topic_overrides_reach_acl_config_and_test_pod(render):
-    rendered = render(TWO, sets=["tenants.tenant-a.requestTopic=inqueue/lstm",
-                                 "tenants.tenant-a.responseTopic=outqueue/lstm"])
+    rendered = render(
+        TWO, sets=["tenants.tenant-a.requestTopic=inqueue/lstm", "tenants.tenant-a.responseTopic=outqueue/lstm"]
+    )
     tenant = config_of(rendered, "tenant-a")["tenants"]["tenant-a"]
     assert (tenant["request_topic"], tenant["response_topic"]) == ("inqueue/lstm", "outqueue/lstm")
     acl = secret_data(rendered)["acl"]
@@ -257,8 +296,10 @@ def test_server_secret_checksum_matches_the_secret_in_the_same_render(render):
 
 @pytest.mark.parametrize("combo", sorted(COMBOS))
 def test_no_secret_material_in_configmaps(render, combo):
-    rendered = render(COMBOS[combo], sets=["tenants.tenant-a.password=tenant-a-secret-value",
-                                           "broker.users.server.password=server-secret-value"])
+    rendered = render(
+        COMBOS[combo],
+        sets=["tenants.tenant-a.password=tenant-a-secret-value", "broker.users.server.password=server-secret-value"],
+    )
     secrets = set(secret_data(rendered).values()) - {""}
     passwords = {v for k, v in secret_data(rendered).items() if k.startswith("password-")}
     for cm in rendered.of_kind("ConfigMap"):
@@ -278,8 +319,13 @@ def test_no_secret_material_in_configmaps(render, combo):
 def test_servers_mount_only_their_own_password(render):
     spec = render(TWO).one("Deployment", f"{PREFIX}-server-tenant-a")["spec"]["template"]["spec"]
     secret_volumes = [v["secret"] for v in spec["volumes"] if "secret" in v]
-    assert secret_volumes == [{"secretName": f"{PREFIX}-broker-auth", "defaultMode": 0o440,
-                               "items": [{"key": "password-ml-server", "path": "password"}]}]
+    assert secret_volumes == [
+        {
+            "secretName": f"{PREFIX}-broker-auth",
+            "defaultMode": 0o440,
+            "items": [{"key": "password-ml-server", "path": "password"}],
+        }
+    ]
 
 
 def test_pdb_only_for_tenants_with_more_than_one_replica(render):
@@ -311,7 +357,8 @@ def test_keda_replaces_the_hpa_never_both(render):
     triggers = {t["type"]: t for t in obj["spec"]["triggers"]}
     assert set(triggers) == {"cpu", "prometheus"}
     assert triggers["prometheus"]["metadata"]["query"] == (
-        f'sum(mlserving_pending_requests{{namespace="{NAMESPACE}",service="{PREFIX}-server-tenant-a"}})')
+        f'sum(mlserving_pending_requests{{namespace="{NAMESPACE}",service="{PREFIX}-server-tenant-a"}})'
+    )
     assert "behavior" in obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]
     for combo in COMBOS.values():
         kinds = render(combo).kinds()
@@ -328,7 +375,9 @@ def test_network_policy_admits_only_chart_clients(render):
     client_label = f"{PREFIX}-client"
     for doc in rendered.docs:
         if doc["kind"] == "Deployment" or doc["kind"] == "Pod":
-            labels = doc["metadata"]["labels"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"]["labels"]
+            labels = (
+                doc["metadata"]["labels"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"]["labels"]
+            )
             assert labels.get(client_label) == "true", doc["metadata"]["name"]
 
 
@@ -353,9 +402,30 @@ def test_helm_test_script_runs_the_real_client_cli():
     """The flags the hook passes exist in mlserving-client (parsed by its real parser)."""
     from mlserving_client.cli import build_parser
 
-    args = build_parser().parse_args(["predict", "--tenant", "tenant-a", "--password-file", "/x", "--prefix", "ml",
-                                      "--qos", "1", "--request-topic", "a/b", "--response-topic", "c/d",
-                                      "--timeout", "10", "--attempts", "3", "10", "11", "12"])
+    args = build_parser().parse_args(
+        [
+            "predict",
+            "--tenant",
+            "tenant-a",
+            "--password-file",
+            "/x",
+            "--prefix",
+            "ml",
+            "--qos",
+            "1",
+            "--request-topic",
+            "a/b",
+            "--response-topic",
+            "c/d",
+            "--timeout",
+            "10",
+            "--attempts",
+            "3",
+            "10",
+            "11",
+            "12",
+        ]
+    )
     assert args.series == [10.0, 11.0, 12.0]
 
 
@@ -381,19 +451,31 @@ def test_broker_config_sets_limits_explicitly(render):
 
     conf = render(TWO).one("ConfigMap", f"{PREFIX}-broker")["data"]["mosquitto.conf"]
     lines = conf.splitlines()
-    for line in ("listener 1883", "allow_anonymous false", "set_tcp_nodelay true",
-                 "plugin /usr/lib/mosquitto/mlserving_auth.so", "plugin_opt_acl_file /mosquitto/auth/acl",
-                 "plugin_opt_rate_exempt ml-server,ml-trainer",
-                 "password_file /mosquitto/auth/passwd", "persistence false",
-                 *(f"{key} {value}" for key, value in DEFAULT_LIMITS.items()),
-                 *(f"plugin_opt_{key} {value}" for key, value in DEFAULT_PLUGIN_OPTIONS.items())):
+    for line in (
+        "listener 1883",
+        "allow_anonymous false",
+        "set_tcp_nodelay true",
+        "plugin /usr/lib/mosquitto/mlserving_auth.so",
+        "plugin_opt_acl_file /mosquitto/auth/acl",
+        "plugin_opt_rate_exempt ml-server,ml-trainer",
+        "password_file /mosquitto/auth/passwd",
+        "persistence false",
+        *(f"{key} {value}" for key, value in DEFAULT_LIMITS.items()),
+        *(f"plugin_opt_{key} {value}" for key, value in DEFAULT_PLUGIN_OPTIONS.items()),
+    ):
         assert line in lines, line
     assert not any(line.startswith("acl_file") for line in lines)
 
 
 def test_external_broker_renders_no_broker(render):
-    rendered = render(TWO, sets=["broker.external.enabled=true", "broker.external.host=mqtt.example.internal",
-                                 "broker.external.port=1884"])
+    rendered = render(
+        TWO,
+        sets=[
+            "broker.external.enabled=true",
+            "broker.external.host=mqtt.example.internal",
+            "broker.external.port=1884",
+        ],
+    )
     assert rendered.of_kind("StatefulSet") == []
     assert config_of(rendered, "tenant-a")["broker"]["host"] == "mqtt.example.internal"
     assert config_of(rendered, "tenant-a")["broker"]["port"] == 1884
@@ -410,10 +492,15 @@ def test_registry_pvc_is_seeded_and_shared_with_the_trainer(render):
     for cron in rendered.of_kind("CronJob"):
         assert cron["spec"]["concurrencyPolicy"] == "Forbid"
         job = pod_spec(cron)
-        assert job["containers"][0]["command"] == ["mlserving-train", "pipeline", "--config",
-                                                   "/etc/ml-serving/trainer/trainer.yaml"]
+        assert job["containers"][0]["command"] == [
+            "mlserving-train",
+            "pipeline",
+            "--config",
+            "/etc/ml-serving/trainer/trainer.yaml",
+        ]
         assert [v["persistentVolumeClaim"]["claimName"] for v in job["volumes"] if "persistentVolumeClaim" in v] == [
-            pvc["metadata"]["name"]]
+            pvc["metadata"]["name"]
+        ]
 
 
 def test_service_monitor_only_when_the_api_exists(render):
@@ -434,7 +521,7 @@ def test_broker_registry_configs_are_accepted_and_point_at_the_broker(render):
     servers = trainers = 0
     for cm in rendered.of_kind("ConfigMap"):
         if "server.yaml" in cm["data"]:
-            raw = yaml.safe_load(cm["data"]["server.yaml"])
+            raw = snake_keys(yaml.safe_load(cm["data"]["server.yaml"]))
             raw["broker"]["tls"]["ca_file"] = None  # the CA file exists only in the pod
             config = parse_config(raw, env={"MLSERVING_BROKER_PASSWORD": "x"})
             assert (config.registry.kind, config.registry.path) == ("broker", "/models")

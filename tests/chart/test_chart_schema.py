@@ -48,10 +48,18 @@ def walk_schema(node, path, seen):
 #: Kubernetes objects passed through as given (the API server validates them; the chart tests
 #: validate rendered manifests against the Kubernetes schema) and Helm's reserved `global`.
 FREE_OBJECTS = {
-    "$.global", "$.broker.affinity.nodeAffinity", "$.broker.affinity.podAffinity", "$.broker.affinity.podAntiAffinity",
-    "$.server.affinity.nodeAffinity", "$.server.affinity.podAffinity", "$.server.affinity.podAntiAffinity",
-    "$.retraining.affinity.nodeAffinity", "$.retraining.affinity.podAffinity", "$.retraining.affinity.podAntiAffinity",
-    "$.server.extraEnv[]", "$.networkPolicy.extraBrokerPeers[]",
+    "$.global",
+    "$.broker.affinity.nodeAffinity",
+    "$.broker.affinity.podAffinity",
+    "$.broker.affinity.podAntiAffinity",
+    "$.server.affinity.nodeAffinity",
+    "$.server.affinity.podAffinity",
+    "$.server.affinity.podAntiAffinity",
+    "$.retraining.affinity.nodeAffinity",
+    "$.retraining.affinity.podAffinity",
+    "$.retraining.affinity.podAntiAffinity",
+    "$.server.extraEnv[]",
+    "$.networkPolicy.extraBrokerPeers[]",
 }
 
 
@@ -88,8 +96,11 @@ def schema_at(path):
 def test_schema_covers_every_default_value():
     missing = [".".join(p) for p in leaf_paths(DEFAULTS) if schema_at(p) is None]
     assert not missing, f"values without schema: {missing}"
-    undescribed = [".".join(p) for p in leaf_paths(DEFAULTS) if not schema_at(p).get("type")
-                   and not schema_at(p).get("oneOf") and not schema_at(p).get("anyOf")]
+    undescribed = [
+        ".".join(p)
+        for p in leaf_paths(DEFAULTS)
+        if not schema_at(p).get("type") and not schema_at(p).get("oneOf") and not schema_at(p).get("anyOf")
+    ]
     assert not undescribed, f"values without a type: {undescribed}"
 
 
@@ -143,8 +154,11 @@ def test_schema_rejects_a_bad_values_file(template, tmp_path):
     [
         ((), [], "tenants: at least one tenant is required"),
         (TWO, ["keda.enabled=true", "keda.cpu.enabled=false"], "keda: enable at least one trigger"),
-        (TWO, ["retraining.enabled=true", "retraining.models.lstm.schedule=0 3 * * *"],
-         "retraining.enabled needs a registry the servers can read"),
+        (
+            TWO,
+            ["retraining.enabled=true", "retraining.models.lstm.schedule=0 3 * * *"],
+            "retraining.enabled needs a registry the servers can read",
+        ),
         (TWO, ["retraining.enabled=true"], "retraining.models: name at least one model"),
         (TWO, ["tenants.tenant-b.requestTopic=ml/tenant-a/requests"], "tenants.tenant-b.requestTopic"),
         (TWO, ["tenants.tenant-b.responseTopic=ml/tenant-a/responses/b"], "(answers would leak across tenants)"),
@@ -155,8 +169,14 @@ def test_schema_rejects_a_bad_values_file(template, tmp_path):
         (TWO, ["broker.external.enabled=true"], "broker.external.host: required"),
         (("tenant-a.yaml",), ["tenants.ml-server.model.name=ann"], "tenants.ml-server: the name is taken"),
         (("tenant-a.yaml",), ["tenants.tenant-c.replicas=1"], "tenants.tenant-c.model.name: required"),
-        (("tenant-a.yaml",), ["fullnameOverride=a-very-long-prefix-of-forty-characters-xx",
-                              "tenants.abcdefghijabcdefghijabcdefghij12.model.name=lstm"], "is longer than 63 characters"),
+        (
+            ("tenant-a.yaml",),
+            [
+                "fullnameOverride=a-very-long-prefix-of-forty-characters-xx",
+                "tenants.abcdefghijabcdefghijabcdefghij12.model.name=lstm",
+            ],
+            "is longer than 63 characters",
+        ),
     ],
 )
 def test_fail_guards_explain_invalid_combinations(template, files, sets, message):

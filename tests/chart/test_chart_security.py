@@ -24,14 +24,26 @@ ALL_APIS = ("monitoring.coreos.com/v1", "keda.sh/v1alpha1")
 #: Option sets that add or change pods, on top of every example combination.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "defaults": (),
-    "everything on": ("networkPolicy.enabled=true", "keda.enabled=true", "keda.prometheus.enabled=true",
-                      "broker.tls.enabled=true", "broker.tls.secretName=broker-tls",
-                      "server.metrics.serviceMonitor.enabled=true", "broker.service.type=NodePort"),
-    "external broker": ("broker.external.enabled=true", "broker.external.host=mqtt.example.internal",
-                        "broker.tls.enabled=false"),
+    "everything on": (
+        "networkPolicy.enabled=true",
+        "keda.enabled=true",
+        "keda.prometheus.enabled=true",
+        "broker.tls.enabled=true",
+        "broker.tls.secretName=broker-tls",
+        "server.metrics.serviceMonitor.enabled=true",
+        "broker.service.type=NodePort",
+    ),
+    "external broker": (
+        "broker.external.enabled=true",
+        "broker.external.host=mqtt.example.internal",
+        "broker.tls.enabled=false",
+    ),
 }
-PROD_RETRAINING_FROM_PVC = ("retraining.models.lstm.data.source=pvc", "retraining.models.lstm.data.claimName=bts-data",
-                            "retraining.models.lstm.data.path=bts.csv")
+PROD_RETRAINING_FROM_PVC = (
+    "retraining.models.lstm.data.source=pvc",
+    "retraining.models.lstm.data.claimName=bts-data",
+    "retraining.models.lstm.data.path=bts.csv",
+)
 POD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
 
 
@@ -57,8 +69,10 @@ def test_every_container_of_every_example_runs_restricted(render):
             assert not [v for v in spec.get("volumes", []) if "hostPath" in v], where
             containers = spec["containers"] + spec.get("initContainers", []) + spec.get("ephemeralContainers", [])
             for container in containers:
-                sc = {**{k: pod_sc[k] for k in ("runAsNonRoot", "runAsUser", "seccompProfile") if k in pod_sc},
-                      **container.get("securityContext", {})}
+                sc = {
+                    **{k: pod_sc[k] for k in ("runAsNonRoot", "runAsUser", "seccompProfile") if k in pod_sc},
+                    **container.get("securityContext", {}),
+                }
                 what = f"{where} container {container['name']}"
                 assert sc.get("runAsNonRoot") is True, what
                 assert sc.get("runAsUser", 1) != 0, what
@@ -74,7 +88,9 @@ def test_every_container_of_every_example_runs_restricted(render):
 
 
 def _secret(rendered):
-    (secret,) = [d for d in rendered.docs if d["kind"] == "Secret" and d["metadata"]["name"] == f"{RELEASE}-broker-auth"]
+    (secret,) = [
+        d for d in rendered.docs if d["kind"] == "Secret" and d["metadata"]["name"] == f"{RELEASE}-broker-auth"
+    ]
     return secret
 
 
@@ -114,8 +130,11 @@ def test_only_the_secret_template_renders_credentials():
             for line in path.read_text().splitlines():
                 if re.search(r'include "ml-serving\.(credentials|passwdFile)"', line):
                     uses.setdefault(path.relative_to(CHART).as_posix(), []).append(line.strip())
-    assert set(uses) <= {"templates/broker/secret.yaml", "templates/server/deployment.yaml",
-                         "templates/broker/statefulset.yaml"}, uses
+    assert set(uses) <= {
+        "templates/broker/secret.yaml",
+        "templates/server/deployment.yaml",
+        "templates/broker/statefulset.yaml",
+    }, uses
     for path, lines in uses.items():
         if path != "templates/broker/secret.yaml":
             assert all("sha256sum" in line for line in lines), (path, lines)
@@ -126,15 +145,15 @@ def test_only_the_secret_template_renders_credentials():
 def test_values_files_in_the_repository_hold_no_password(render):
     from chart_support import VALUES
 
-    for path in sorted(VALUES.glob("*.yaml")):
-        def walk(node, where=""):
-            if isinstance(node, dict):
-                for key, value in node.items():
-                    if "password" in str(key).lower():
-                        assert value in ("", None), f"{path.name}: {where}{key} is set"
-                    walk(value, f"{where}{key}.")
-            elif isinstance(node, list):
-                for item in node:
-                    walk(item, where)
+    def walk(node, name, where=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if "password" in str(key).lower():
+                    assert value in ("", None), f"{name}: {where}{key} is set"
+                walk(value, name, f"{where}{key}.")
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, name, where)
 
-        walk(yaml.safe_load(path.read_text()))
+    for path in sorted(VALUES.glob("*.yaml")):
+        walk(yaml.safe_load(path.read_text()), path.name)

@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import PV_ROOT, RELEASE, Release, make_static_pvs, run
 from pytest_helm_charts.clusters import Cluster
+
+from e2e_harness import PV_ROOT, RELEASE, Release, make_static_pvs, run
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,10 @@ def release(kube_cluster: Cluster) -> Iterator[Release]:
         yield rel
     finally:
         rel.helm("uninstall", RELEASE, "--wait", "--timeout", "3m", check=False)
-        run(["kubectl", "--kubeconfig", kubeconfig, "delete", "namespace", namespace, "--wait", "--timeout=180s"], check=False)
+        run(
+            ["kubectl", "--kubeconfig", kubeconfig, "delete", "namespace", namespace, "--wait", "--timeout=180s"],
+            check=False,
+        )
         for name in pvs:
             run(["kubectl", "--kubeconfig", kubeconfig, "delete", "pv", name, "--wait=false"], check=False)
             shutil.rmtree(PV_ROOT / name, ignore_errors=True)

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_helm_charts.clusters import Cluster
+
 from mlserving_client.client import Client, Prediction
 from mlserving_client.stats import summarize_ns
 from mlserving_common.devcache import cache_dir
-from pytest_helm_charts.clusters import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ml-serving"
@@ -75,7 +76,9 @@ class Release:
         return f"{RELEASE}-server-{tenant}"
 
     def _tenant_pods(self, tenant: str) -> list[dict[str, Any]]:
-        selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=server,ml-serving.io/tenant={tenant}"
+        selector = (
+            f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=server,ml-serving.io/tenant={tenant}"
+        )
         return self.get("pods", selector=selector)["items"]
 
     def server_pods(self, tenant: str) -> list[dict[str, Any]]:
@@ -92,7 +95,9 @@ class Release:
     def refresh_connection(self) -> None:
         """Node IP, broker NodePort and tenant passwords, read from the cluster."""
         node = self.kube.kubectl("get nodes")
-        addresses = node[0]["status"]["addresses"] if isinstance(node, list) else node["items"][0]["status"]["addresses"]
+        addresses = (
+            node[0]["status"]["addresses"] if isinstance(node, list) else node["items"][0]["status"]["addresses"]
+        )
         self.host = next(a["address"] for a in addresses if a["type"] == "InternalIP")
         service = self.get("service", f"{RELEASE}-broker")
         self.port = next(p["nodePort"] for p in service["spec"]["ports"] if p["name"] == "mqtt")
@@ -108,7 +113,9 @@ class Release:
         return Client(self.host, self.port, tenant, self.passwords[tenant], tenant, **options)
 
     def wait_rollout(self, tenant: str, timeout: int = 300) -> None:
-        self.kubectl("rollout", "status", f"deployment/{self.deployment(tenant)}", f"--timeout={timeout}s", timeout=timeout + 30)
+        self.kubectl(
+            "rollout", "status", f"deployment/{self.deployment(tenant)}", f"--timeout={timeout}s", timeout=timeout + 30
+        )
 
 
 @dataclass
@@ -204,5 +211,3 @@ def make_static_pvs(release: Release, count: int) -> list[str]:
         release.kube.kubectl("apply", std_input=json.dumps(manifest), output_format="")
         names.append(name)
     return names
-
-

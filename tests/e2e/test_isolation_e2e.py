@@ -12,14 +12,14 @@ against the chart's broker (our plugin loaded from the image).
 from __future__ import annotations
 
 import re
-import threading
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
-from mlserving_common import protocol
+
+from mlserving_common import mqtt, protocol
 
 from e2e_harness import RELEASE, Release, SteadyLoad
+from mqtt_support import RawClient, connect_to
 
 pytestmark = pytest.mark.e2e
 
@@ -34,41 +34,21 @@ def broker_log(release: Release) -> str:
     return release.kubectl("logs", f"{RELEASE}-broker-0", "-c", "mosquitto", timeout=60)
 
 
-def connect(release: Release, username: str, client_id: str, timeout: float = 20.0) -> tuple[mqtt.Client, object]:
-    """One CONNECT (no retries): the client and its CONNACK reason code."""
-    done = threading.Event()
-    result: dict[str, object] = {}
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, release.passwords[username])
-    client.reconnect_delay_set(30, 60)  # one attempt, not paho's quick retries
-
-    def on_connect(c, u, flags, reason_code, properties) -> None:  # noqa: ANN001
-        result["rc"] = reason_code
-        done.set()
-
-    client.on_connect = on_connect
-    client.connect(release.host, release.port, keepalive=30)
-    client.loop_start()
-    assert done.wait(timeout), f"no CONNACK for {client_id}"
-    return client, result["rc"]
-
-
-def close(client: mqtt.Client) -> None:
-    client.loop_stop()
-    client.disconnect()
+def connect(release: Release, username: str, client_id: str, timeout: float = 20.0) -> RawClient:
+    """One CONNECT (no retries): `.reason_code` is the CONNACK's."""
+    return connect_to(
+        release.host, release.port, username, release.passwords[username], client_id, keepalive=30, timeout=timeout
+    )
 
 
 def test_share_group_spies_are_refused_and_tenant_b_loses_nothing(release: Release) -> None:
     group = protocol.shared_subscription(protocol.request_topic("tenant-b"))
     spies, codes = [], []
     for i in range(3):
-        spy, reason = connect(release, "tenant-a", protocol.owned_client_id("tenant-a", f"spy-{i}"))
-        assert not reason.is_failure, reason
-        granted = threading.Event()
-        spy.on_subscribe = lambda c, u, mid, rcs, p: (codes.append([rc.value for rc in rcs]), granted.set())
-        spy.subscribe(group, qos=1)
-        assert granted.wait(20)
+        spy = connect(release, "tenant-a", protocol.owned_client_id("tenant-a", f"spy-{i}"))
+        assert not spy.refused, spy.reason_code
         spies.append(spy)
+        codes.append(spy.subscribe(group, qos=1, timeout=20))
     try:
         with release.client("tenant-b") as victim:
             outcome = SteadyLoad(victim, rate=20).start()
@@ -76,7 +56,7 @@ def test_share_group_spies_are_refused_and_tenant_b_loses_nothing(release: Relea
             result = outcome.stop(grace=60)
     finally:
         for spy in spies:
-            close(spy)
+            spy.close()
     figure("share-group-spies", spies=3, suback=codes, tenant_b=result.summary())
     assert codes == [[NOT_AUTHORIZED]] * 3
     assert result.lost == 0 and not result.errors, result.summary()
@@ -84,7 +64,9 @@ def test_share_group_spies_are_refused_and_tenant_b_loses_nothing(release: Relea
 
 def test_takeover_of_server_and_trainer_ids_is_refused(release: Release) -> None:
     server_user = "ml-server"
-    seen = re.findall(rf"New client connected from \S+ as (\S+) \(p\d, c\d, k\d+, u'{server_user}'\)", broker_log(release))
+    seen = re.findall(
+        rf"New client connected from \S+ as (\S+) \(p\d, c\d, k\d+, u'{server_user}'\)", broker_log(release)
+    )
     server_ids = sorted(set(seen))
     assert server_ids, "no serving pod's login in the broker log"
     stolen = [*server_ids, "ml-trainer:trainer-lstm", "ml-trainer:trainer-ann", "mlserving-trainer-lstm"]
@@ -93,13 +75,13 @@ def test_takeover_of_server_and_trainer_ids_is_refused(release: Release) -> None
         load = SteadyLoad(victim, rate=20).start()
         for _ in range(3):
             for client_id in stolen:
-                client, reason = connect(release, "tenant-a", client_id)
-                attempts.append((client_id, reason))
-                close(client)
+                client = connect(release, "tenant-a", client_id)
+                attempts.append((client_id, client.reason_code))
+                client.close()
             time.sleep(1)
         result = load.stop(grace=60)
     figure("takeover", ids=len(stolen), attempts=len(attempts), tenant_b=result.summary())
-    assert all(reason.is_failure for _, reason in attempts), attempts
+    assert all(reason >= mqtt.REFUSED for _, reason in attempts), attempts
     assert result.lost == 0 and not result.errors, result.summary()
     log = broker_log(release)
     for client_id in server_ids:

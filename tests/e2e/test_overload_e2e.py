@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import pytest
+
 from mlserving_bench.chartlimits import quantity_bytes
 from mlserving_client.load import LoadResult, LoadSpec, TenantTarget, run_load
 

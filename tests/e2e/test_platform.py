@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
+
 from mlserving_common import protocol
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
 
 from e2e_harness import CHART, RELEASE, SERIES, Release, SteadyLoad
+from mqtt_support import connect_to
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +24,7 @@ def figure(scenario: str, **values: object) -> None:
     print(f"\nE2E {scenario}: " + " ".join(f"{k}={v}" for k, v in values.items()), flush=True)
 
 
-def wait_until(predicate, timeout: float, interval: float = 2.0, what: str = "condition"):  # noqa: ANN001, ANN201
+def wait_until(predicate, timeout: float, interval: float = 2.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -70,34 +69,45 @@ def test_round_trip_per_tenant(release: Release) -> None:
             answer = client.predict(SERIES, timeout=10)
         assert answer.tenant == tenant and answer.model == model and answer.version == "v1"
         assert isinstance(answer.value, float)
-        figure("round-trip", tenant=tenant, model=model, prediction=round(answer.value, 2), ms=round(answer.latency_s * 1e3, 1))
+        figure(
+            "round-trip",
+            tenant=tenant,
+            model=model,
+            prediction=round(answer.value, 2),
+            ms=round(answer.latency_s * 1e3, 1),
+        )
 
 
 def test_tenant_cannot_touch_another_tenants_queues(release: Release) -> None:
     """tenant-a's credentials: publishing on tenant-b's queue is refused (PUBACK 0x87), subscribing
     to tenant-b's answers is refused (SUBACK 0x87, by our broker plugin), and none arrive."""
     outcome: dict[str, object] = {}
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=protocol.owned_client_id("tenant-a", "e2e-intruder"), protocol=mqtt.MQTTv5)
-    client.username_pw_set("tenant-a", release.passwords["tenant-a"])
-    client.on_subscribe = lambda c, u, mid, codes, p: outcome.__setitem__("suback", [c.value for c in codes])
-    client.on_publish = lambda c, u, mid, code, p: outcome.__setitem__("puback", code.value)
-    client.on_message = lambda c, u, msg: outcome.setdefault("leaked", []).append(msg.topic)  # type: ignore[union-attr]
-    client.connect(release.host, release.port)
-    client.loop_start()
+    client = connect_to(
+        release.host,
+        release.port,
+        "tenant-a",
+        release.passwords["tenant-a"],
+        protocol.owned_client_id("tenant-a", "e2e-intruder"),
+        keepalive=60,
+        timeout=20,
+        on_message=lambda msg: outcome.setdefault("leaked", []).append(msg.topic),
+    )  # type: ignore[union-attr]
     try:
-        wait_until(client.is_connected, 20, 0.2, "tenant-a to connect")
-        client.subscribe(protocol.response_topic("tenant-b") + "/#", qos=1)
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = protocol.response_topic("tenant-a") + "/tenant-a:e2e-intruder"
-        client.publish(protocol.request_topic("tenant-b"), protocol.encode_request(SERIES, request_id="x"), qos=1, properties=props)
-        wait_until(lambda: "suback" in outcome and "puback" in outcome, 20, 0.2, "SUBACK and PUBACK")
+        assert not client.refused, f"tenant-a cannot connect: {client.reason_code:#x}"
+        suback = client.connection.subscribe(protocol.response_topic("tenant-b") + "/#", qos=1)
+        puback = client.connection.publish(
+            protocol.request_topic("tenant-b"),
+            protocol.encode_request(SERIES, request_id="x"),
+            qos=1,
+            response_topic=protocol.response_topic("tenant-a") + "/tenant-a:e2e-intruder",
+        )
+        outcome["suback"], outcome["puback"] = suback.wait(20), puback.wait(20)
         # Tenant-b's own traffic must not reach tenant-a's subscription either.
         with release.client("tenant-b") as victim:
             victim.predict(SERIES, timeout=10)
         time.sleep(1)
     finally:
-        client.loop_stop()
-        client.disconnect()
+        client.close()
     assert outcome["puback"] == 0x87, outcome  # Not authorized
     assert outcome["suback"] == [0x87], outcome
     assert "leaked" not in outcome, outcome
@@ -106,7 +116,12 @@ def test_tenant_cannot_touch_another_tenants_queues(release: Release) -> None:
 
 def test_bad_values_fail_install_naming_the_field(release: Release) -> None:
     cases = {
-        "tenants.tenant-x.replicas": ["--set", "tenants.tenant-x.model.name=lstm", "--set-string", "tenants.tenant-x.replicas=three"],
+        "tenants.tenant-x.replicas": [
+            "--set",
+            "tenants.tenant-x.model.name=lstm",
+            "--set-string",
+            "tenants.tenant-x.replicas=three",
+        ],
         "bogusKey": ["--set", "tenants.tenant-x.model.name=lstm", "--set", "tenants.tenant-x.bogusKey=1"],
     }
     for field, args in cases.items():
@@ -132,8 +147,9 @@ def test_upgrade_to_v2_under_load_loses_nothing(release: Release) -> None:
         load = SteadyLoad(client, rate=40).start()
         time.sleep(10)
         upgrade_started = time.monotonic()
-        release.helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "model.version=v2",
-                     "--wait", "--timeout", "5m")
+        release.helm(
+            "upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "model.version=v2", "--wait", "--timeout", "5m"
+        )
         release.wait_rollout("tenant-a")
         # The old pod still answers while it sleeps in preStop and drains; done means it is gone.
         wait_until(lambda: not release.terminating_pods("tenant-a"), 120, 1, "the old pod to finish draining")
@@ -145,23 +161,46 @@ def test_upgrade_to_v2_under_load_loses_nothing(release: Release) -> None:
     # During the rollout old and new pods share the subscription, so answers mix until the old
     # pod has drained; before it every answer is v1, after it every answer is v2.
     mixed = sum(1 for t, p in outcome.answered if upgrade_started <= t < upgrade_done)
-    figure("upgrade-v2", summary=outcome.summary(), before=sorted(before), after=sorted(after), answers_during_rollout=mixed,
-           p99_before_ms=round(outcome.p99_ms(end=upgrade_started), 1),
-           p99_during_ms=round(outcome.p99_ms(upgrade_started, upgrade_done), 1),
-           rollout_seconds=round(upgrade_done - upgrade_started, 1))
+    figure(
+        "upgrade-v2",
+        summary=outcome.summary(),
+        before=sorted(before),
+        after=sorted(after),
+        answers_during_rollout=mixed,
+        p99_before_ms=round(outcome.p99_ms(end=upgrade_started), 1),
+        p99_during_ms=round(outcome.p99_ms(upgrade_started, upgrade_done), 1),
+        rollout_seconds=round(upgrade_done - upgrade_started, 1),
+    )
     assert outcome.lost == 0 and not outcome.errors, outcome.summary()
     assert before == {"v1"} and after == {"v2"}, (before, after)
 
 
 def test_autopromoted_retrain_is_served_without_restart(release: Release) -> None:
-    release.helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "model.version=current",
-                 "--set", "retraining.models.lstm.autoPromote=true", "--wait", "--timeout", "5m")
+    release.helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--reuse-values",
+        "--set",
+        "model.version=current",
+        "--set",
+        "retraining.models.lstm.autoPromote=true",
+        "--wait",
+        "--timeout",
+        "5m",
+    )
     release.wait_rollout("tenant-a")
-    before = {p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"] for p in release.server_pods("tenant-a")}
+    before = {
+        p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"]
+        for p in release.server_pods("tenant-a")
+    }
     seconds = retrain(release, "lstm", "retrain-lstm-v3")
     with release.client("tenant-a") as client:
         served = wait_until(lambda: client.predict(SERIES, timeout=10).version == "v3", 60, 1, "v3 to be served")
-    after = {p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"] for p in release.server_pods("tenant-a")}
+    after = {
+        p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"]
+        for p in release.server_pods("tenant-a")
+    }
     assert served and before == after, (before, after)
     figure("autopromote", train_seconds=round(seconds, 1), pods_unchanged=before == after)
 
@@ -177,13 +216,22 @@ def test_hpa_scales_out_and_in_under_load(release: Release) -> None:
         scaled_out = time.monotonic() - started
         heavy_outcome = heavy.stop()
         stopped = time.monotonic()
-        wait_until(lambda: release.get("deployment", release.deployment(tenant))["spec"]["replicas"] == 1, 300, 5,
-                   "the HPA to scale back in")
+        wait_until(
+            lambda: release.get("deployment", release.deployment(tenant))["spec"]["replicas"] == 1,
+            300,
+            5,
+            "the HPA to scale back in",
+        )
         scaled_in = time.monotonic() - stopped
         time.sleep(5)
         outcome = probe.stop()
-    figure("hpa", scale_out_seconds=round(scaled_out, 1), scale_in_seconds=round(scaled_in, 1),
-           probe=outcome.summary(), heavy=heavy_outcome.summary())
+    figure(
+        "hpa",
+        scale_out_seconds=round(scaled_out, 1),
+        scale_in_seconds=round(scaled_in, 1),
+        probe=outcome.summary(),
+        heavy=heavy_outcome.summary(),
+    )
     assert outcome.lost == 0 and not outcome.errors, outcome.summary()
     assert heavy_outcome.lost == 0, heavy_outcome.summary()
 
@@ -196,8 +244,15 @@ def test_deleted_serving_pod_is_replaced_and_nothing_is_lost(release: Release) -
         time.sleep(5)
         release.kubectl("delete", "pod", victim, "--wait=false")
         release.wait_rollout(tenant)
-        wait_until(lambda: any(p["metadata"]["name"] != victim and p["status"].get("phase") == "Running"
-                               for p in release.server_pods(tenant)), 180, 2, "a replacement pod")
+        wait_until(
+            lambda: any(
+                p["metadata"]["name"] != victim and p["status"].get("phase") == "Running"
+                for p in release.server_pods(tenant)
+            ),
+            180,
+            2,
+            "a replacement pod",
+        )
         time.sleep(10)
         outcome = load.stop()
     figure("pod-delete", summary=outcome.summary(), p99_ms=round(outcome.p99_ms(), 1))
@@ -207,13 +262,16 @@ def test_deleted_serving_pod_is_replaced_and_nothing_is_lost(release: Release) -
 def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> None:
     marker = f"kept-{time.time_ns()}"
     topic = f"{protocol.DEFAULT_PREFIX}/_registry/e2e-marker/current"
-    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=protocol.owned_client_id("ml-trainer", "e2e-trainer"), protocol=mqtt.MQTTv5)
-    publisher.username_pw_set("ml-trainer", release.passwords["ml-trainer"])
-    publisher.connect(release.host, release.port)
-    publisher.loop_start()
-    publisher.publish(topic, marker, qos=1, retain=True).wait_for_publish(10)
-    publisher.loop_stop()
-    publisher.disconnect()
+    publisher = connect_to(
+        release.host,
+        release.port,
+        "ml-trainer",
+        release.passwords["ml-trainer"],
+        protocol.owned_client_id("ml-trainer", "e2e-trainer"),
+        keepalive=60,
+    )
+    publisher.publish(topic, marker.encode(), qos=1, retain=True, timeout=10)
+    publisher.close()
     time.sleep(2)  # let autosave/persistence see it before the restart
 
     with release.client("tenant-a") as client:
@@ -227,17 +285,24 @@ def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> N
         time.sleep(5)
         outcome = load.stop(grace=90)
 
-    retained: list[bytes] = []
-    reader = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=protocol.owned_client_id("ml-trainer", "e2e-reader"), protocol=mqtt.MQTTv5)
-    reader.username_pw_set("ml-trainer", release.passwords["ml-trainer"])
-    reader.on_message = lambda c, u, msg: retained.append(msg.payload)
-    reader.connect(release.host, release.port)
+    reader = connect_to(
+        release.host,
+        release.port,
+        "ml-trainer",
+        release.passwords["ml-trainer"],
+        protocol.owned_client_id("ml-trainer", "e2e-reader"),
+        keepalive=60,
+    )
     reader.subscribe(topic, qos=1)
-    reader.loop_start()
-    wait_until(lambda: retained, 20, 0.5, "the retained marker")
-    reader.loop_stop()
-    reader.disconnect()
-    figure("broker-restart", recovered_seconds=round(recovered, 1), summary=outcome.summary(), retained_kept=retained[0].decode() == marker)
+    wait_until(reader.payloads, 20, 0.5, "the retained marker")
+    reader.close()
+    retained = reader.payloads()
+    figure(
+        "broker-restart",
+        recovered_seconds=round(recovered, 1),
+        summary=outcome.summary(),
+        retained_kept=retained[0].decode() == marker,
+    )
     assert retained[0].decode() == marker
     assert outcome.lost == 0, outcome.summary()
     assert not outcome.errors, outcome.summary()
@@ -245,26 +310,49 @@ def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> N
 
 def test_broker_registry_serves_baked_then_retrained_versions(release: Release) -> None:
     """registry.kind=broker (no shared volume): baked v1 first, then a retrained version from the broker."""
-    release.helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "registry.kind=broker",
-                 "--set", "registry.persistence.enabled=false", "--wait", "--timeout", "5m")
+    release.helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--reuse-values",
+        "--set",
+        "registry.kind=broker",
+        "--set",
+        "registry.persistence.enabled=false",
+        "--wait",
+        "--timeout",
+        "5m",
+    )
     release.wait_rollout("tenant-a")
     with release.client("tenant-a") as client:
         # Old pods answer from the PVC (v3) until their preStop pause ends; the new ones have
         # nothing on the broker yet, so the image's baked packages serve.
         wait_until(lambda: client.predict(SERIES, timeout=10).version == "v1", 60, 1, "the baked v1 from the new pods")
-    before = {p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"] for p in release.server_pods("tenant-a")}
+    before = {
+        p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"]
+        for p in release.server_pods("tenant-a")
+    }
     seconds = retrain(release, "lstm", "retrain-lstm-broker")
     log = release.kubectl("logs", "job/retrain-lstm-broker", "--tail=200")
     with release.client("tenant-a") as client:
         wait_until(lambda: client.predict(SERIES, timeout=10).version == "v2", 60, 1, "v2 from the broker registry")
-    after = {p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"] for p in release.server_pods("tenant-a")}
-    figure("broker-registry", train_seconds=round(seconds, 1), first="v1 (baked)", then="v2 (broker)", pods_unchanged=before == after)
+    after = {
+        p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"]
+        for p in release.server_pods("tenant-a")
+    }
+    figure(
+        "broker-registry",
+        train_seconds=round(seconds, 1),
+        first="v1 (baked)",
+        then="v2 (broker)",
+        pods_unchanged=before == after,
+    )
     assert "mqtt://ml-trainer@" in log, log[-2000:]
     assert before == after, (before, after)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _describe_on_failure(release: Release, request: pytest.FixtureRequest):  # noqa: ANN202
+def _describe_on_failure(release: Release, request: pytest.FixtureRequest):
     """After the module, dump the namespace state when something failed (for CI logs)."""
     yield
     if request.session.testsfailed:

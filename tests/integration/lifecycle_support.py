@@ -32,11 +32,17 @@ def windows(values: np.ndarray, start: int, stop: int, window: int = 6) -> list[
     return [[float(v) for v in values[i - window : i]] for i in range(start, stop)]
 
 
-def send_series(client: Any, windows_: list[list[float]], series_id: str, prefix: str, model: str | None = None,
-                timeout: float = 120.0) -> list[dict[str, Any]]:
+def send_series(
+    client: Any,
+    windows_: list[list[float]],
+    series_id: str,
+    prefix: str,
+    model: str | None = None,
+    timeout: float = 120.0,
+) -> list[dict[str, Any]]:
     """Send the windows of one live series in order and return the answers in the same order."""
     ids = [f"{prefix}-{i}" for i in range(len(windows_))]
-    for request_id, window in zip(ids, windows_):
+    for request_id, window in zip(ids, windows_, strict=True):
         body = {"id": request_id, "series": window, "series_id": series_id}
         if model is not None:
             body["model"] = model
@@ -59,7 +65,9 @@ def scrambled_package(good: Path, out: Path, seed: int = 123) -> Path:
     model.set_weights([rng.permutation(w.ravel()).reshape(w.shape) for w in model.get_weights()])
     model_bytes = to_tflite(model)
     scrambled = dataclasses.replace(
-        metadata, version="v0", model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+        metadata,
+        version="v0",
+        model_sha256=hashlib.sha256(model_bytes).hexdigest(),
         training={**metadata.training, "scrambled_from": metadata.version},
     )
     write_package(out, model_bytes, scrambled)
@@ -84,7 +92,7 @@ def log_events(server: Any, name: str) -> list[dict[str, Any]]:
 
 
 def serving_version(server: Any, model: str, spec: str = "current") -> str | None:
-    status, body = server.get("/readyz")
+    _status, body = server.get("/readyz")
     return json.loads(body)["versions"].get(f"{model}:{spec}")
 
 
@@ -92,8 +100,9 @@ def monotonic() -> float:
     return time.monotonic()
 
 
-def send_one_by_one(client: Any, windows_: list[list[float]], series_id: str, prefix: str,
-                    timeout: float = 20.0) -> list[dict[str, Any]]:
+def send_one_by_one(
+    client: Any, windows_: list[list[float]], series_id: str, prefix: str, timeout: float = 20.0
+) -> list[dict[str, Any]]:
     """Like send_series but waits for each answer: every request is a batch of one, so two
     servers' answers can be compared bit for bit."""
     answers = []

@@ -31,7 +31,8 @@ def publish_all(client, count: int) -> list[int]:
 
 @pytest.mark.broker_plugin_options(tenant_backlog=200)
 def test_a_full_backlog_is_refused_at_the_broker_and_other_tenants_keep_theirs(
-        broker, server_process, registry_root, mqtt_client):
+    broker, server_process, registry_root, mqtt_client
+):
     server_a = server_process(registry_root, tenants=TENANT_A_ONLY, name="server-a")
     server_process(registry_root, tenants=TENANT_B_ONLY, name="server-b")
     a, b = mqtt_client("tenant-a"), mqtt_client("tenant-b")
@@ -43,8 +44,10 @@ def test_a_full_backlog_is_refused_at_the_broker_and_other_tenants_keep_theirs(
     finally:
         os.kill(server_a.proc.pid, signal.SIGCONT)
     accepted, refused = codes.count(0), codes.count(0x87)
-    print(f"\nbacklog 200: tenant-a accepted {accepted}, refused {refused} of 500; tenant-b accepted "
-          f"{b_codes.count(0)} of 50, answered {len(b.all_answers)}")
+    print(
+        f"\nbacklog 200: tenant-a accepted {accepted}, refused {refused} of 500; tenant-b accepted "
+        f"{b_codes.count(0)} of 50, answered {len(b.all_answers)}"
+    )
     assert (accepted, refused) == (200, 300), codes
     assert b_codes == [0] * 50
     assert a.wait_answers(200, timeout=60), len(a.all_answers)

@@ -19,16 +19,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
 
+import mqtt5
 import pytest
 import yaml
 
-from mlserving_client import leanmqtt
 from mlserving_common import protocol
+
+from mqtt_support import RawClient, connect_as
 
 REPO = Path(__file__).resolve().parents[2]
 SERIES = [310.0, 305.0, 298.0, 301.0, 312.0, 320.0]
@@ -75,22 +76,23 @@ class RssSampler(threading.Thread):
             time.sleep(0.02)
 
 
-def publish_packet(topic: str, payload: bytes, qos: int, packet_id: int, properties: bytes = b"") -> bytes:
-    """An MQTT v5 PUBLISH, built by hand so a flood has the socket's own backpressure."""
-    body = leanmqtt.utf8_field(topic)
-    if qos:
-        body += struct.pack("!H", packet_id)
-    body += leanmqtt.varint(len(properties)) + properties + payload
-    return leanmqtt.packet(0x30 | (qos << 1), body)
-
-
-def request_properties(response_topic: str | None, correlation: bytes | None) -> bytes:
-    props = b""
-    if response_topic is not None:
-        props += b"\x08" + leanmqtt.utf8_field(response_topic)
-    if correlation is not None:
-        props += b"\x09" + struct.pack("!H", len(correlation)) + correlation
-    return props
+def publish_packet(
+    topic: str,
+    payload: bytes,
+    qos: int,
+    packet_id: int,
+    response_topic: str | None = None,
+    correlation: bytes | None = None,
+) -> bytes:
+    """An MQTT v5 PUBLISH, encoded here and written to a raw socket so a flood has the socket's own backpressure."""
+    return mqtt5.PublishPacket(
+        topic,
+        payload,
+        qos=mqtt5.QoS(qos),
+        packet_id=packet_id if qos else None,
+        response_topic=response_topic,
+        correlation_data=correlation,
+    ).write()
 
 
 class Flooder(threading.Thread):
@@ -106,7 +108,15 @@ class Flooder(threading.Thread):
         sock = socket.create_connection((self.broker.host, self.broker.port), timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         username, password = self.broker.credentials("tenant-a")
-        sock.sendall(leanmqtt.encode_connect(protocol.owned_client_id("tenant-a"), username, password, 30))
+        sock.sendall(
+            mqtt5.ConnectPacket(
+                protocol.owned_client_id("tenant-a"),
+                username=username,
+                password=password.encode(),
+                clean_start=True,
+                keep_alive=30,
+            ).write()
+        )
         connack = sock.recv(64)
         assert connack[:1] == b"\x20" and connack[3:4] == b"\x00", connack
         sock.settimeout(None)
@@ -168,14 +178,21 @@ def flood(broker, packet_for, qos: int, limit: int, servers, load) -> dict:
     sampler.stop.set()
     sampler.join(5)
     figures = {
-        "idle_mib": round(idle / 2**20, 1), "peak_mib": round(sampler.peak / 2**20, 1),
-        "limit_mib": round(limit / 2**20), "over_limit": sampler.over.is_set(),
-        "sent": sum(f.sent for f in flooders), "connections": sum(f.connections for f in flooders),
+        "idle_mib": round(idle / 2**20, 1),
+        "peak_mib": round(sampler.peak / 2**20, 1),
+        "limit_mib": round(limit / 2**20),
+        "over_limit": sampler.over.is_set(),
+        "sent": sum(f.sent for f in flooders),
+        "connections": sum(f.connections for f in flooders),
         "dropped_by_broker": sum(f.dropped for f in flooders),
-        "tenant_b": {k: outcome[k] for k in ("sent", "answered", "lost")}, "tenant_b_errors": len(outcome["errors"]),
+        "tenant_b": {k: outcome[k] for k in ("sent", "answered", "lost")},
+        "tenant_b_errors": len(outcome["errors"]),
     }
-    print(f"\nbroker RSS idle {figures['idle_mib']} MiB, peak {figures['peak_mib']} MiB (limit {figures['limit_mib']} MiB);"
-          f" {figures}")
+    print(
+        f"\nbroker RSS idle {figures['idle_mib']} MiB, peak {figures['peak_mib']} MiB"
+        f" (limit {figures['limit_mib']} MiB);"
+        f" {figures}"
+    )
     return figures
 
 
@@ -191,7 +208,9 @@ def servers(server_process, registry_root, mqtt_client):
 def test_two_megabyte_publishes_are_refused_and_the_broker_stays_under_its_limit(qos, broker, servers, load):
     topic = broker.request_topic("tenant-a")
     payload = b'{"series": [' + b"1.0, " * (2_000_000 // 5) + b"1.0]}"
-    figures = flood(broker, lambda pid: publish_packet(topic, payload, qos, pid), qos, chart_broker_limit(), servers, load)
+    figures = flood(
+        broker, lambda pid: publish_packet(topic, payload, qos, pid), qos, chart_broker_limit(), servers, load
+    )
     assert not figures["over_limit"] and figures["peak_mib"] < figures["limit_mib"], figures
     assert figures["tenant_b"]["lost"] == 0 and figures["tenant_b_errors"] == 0, figures
 
@@ -206,7 +225,9 @@ def test_max_size_valid_requests_keep_the_broker_under_its_limit(qos, broker, se
     size = int(DEFAULT_LIMITS["message_size_limit"]) - 1024
     payload = b'{"series": [' + b"1.0, " * ((size - 20) // 5) + b"1.0]}"
     assert len(payload) <= size
-    figures = flood(broker, lambda pid: publish_packet(topic, payload, qos, pid), qos, chart_broker_limit(), servers, load)
+    figures = flood(
+        broker, lambda pid: publish_packet(topic, payload, qos, pid), qos, chart_broker_limit(), servers, load
+    )
     assert not figures["over_limit"] and figures["peak_mib"] < figures["limit_mib"], figures
     assert figures["tenant_b"]["lost"] == 0 and figures["tenant_b_errors"] == 0, figures
 
@@ -216,32 +237,23 @@ def test_an_offline_session_with_big_correlation_data_stays_bounded(broker, serv
     answers go there with large Correlation Data: the issue's 65 kB is refused at the broker
     (PUBACK 0x87: Mosquitto's max_queued_bytes counts payload only, so properties are bounded by
     the plugin's max_properties_bytes): a flood of such requests leaves the broker bounded."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     offline_id = protocol.owned_client_id("tenant-a", "offline")
     reply_topic = f"{broker.response_topic('tenant-a')}/{offline_id}"
-    session = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=offline_id, protocol=mqtt.MQTTv5)
-    session.username_pw_set(*broker.credentials("tenant-a"))
-    subscribed = threading.Event()
-    session.on_subscribe = lambda *args: subscribed.set()
-    connect_props = Properties(PacketTypes.CONNECT)
-    connect_props.SessionExpiryInterval = 3600
-    session.connect(broker.host, broker.port, clean_start=False, properties=connect_props)
-    session.loop_start()
+    session = connect_as(broker, "tenant-a", offline_id, clean_start=False, session_expiry=3600)
     session.subscribe(reply_topic, qos=1)
-    assert subscribed.wait(10)
-    session.loop_stop()
-    session.disconnect()
+    session.close()
 
     topic = broker.request_topic("tenant-a")
     body = protocol.encode_request(SERIES)
     correlation = b"c" * 65000  # what the issue used
-    props = request_properties(reply_topic, correlation)
-    figures = flood(broker, lambda pid: publish_packet(topic, body, 1, pid, props), 1, chart_broker_limit(),
-                    servers, load)
+    figures = flood(
+        broker,
+        lambda pid: publish_packet(topic, body, 1, pid, reply_topic, correlation),
+        1,
+        chart_broker_limit(),
+        servers,
+        load,
+    )
     assert not figures["over_limit"] and figures["peak_mib"] < figures["limit_mib"], figures
     assert figures["tenant_b"]["lost"] == 0 and figures["tenant_b_errors"] == 0, figures
     sender = mqtt_client("tenant-a", listen=False)
@@ -256,60 +268,54 @@ def test_a_tenants_offline_sessions_are_queued_nothing(broker, server_process, r
     nothing for a tenant's offline session (the trainer's, a service account, still queues:
     test_broker_isolation.py, test_lifecycle_records.py). An online session beside it gets its
     answers, which shows the server answered both halves."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     server_process(registry_root, tenants=TENANT_A_ONLY, name="server-a")
     received: dict[str, list[bytes]] = {"offline": [], "online": []}
 
-    def session(name: str) -> tuple[mqtt.Client, str]:
+    def session(name: str) -> tuple[RawClient, str]:
         client_id = protocol.owned_client_id("tenant-a", f"parked-{name}")
         reply = f"{broker.response_topic('tenant-a')}/{client_id}"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        client.username_pw_set(*broker.credentials("tenant-a"))
-        client.on_message = lambda _c, _u, message: received[name].append(message.payload)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        client.connect(broker.host, broker.port, clean_start=False, properties=props)
-        client.loop_start()
-        assert client.subscribe(reply, qos=1)[0] == mqtt.MQTT_ERR_SUCCESS
+        client = connect_as(
+            broker,
+            "tenant-a",
+            client_id,
+            clean_start=False,
+            session_expiry=3600,
+            on_message=lambda message: received[name].append(message.payload),
+        )
+        assert not client.refused, client.reason_code
+        assert client.subscribe(reply, qos=1) == [1]
         return client, reply
 
     offline, offline_reply = session("offline")
     online, online_reply = session("online")
     time.sleep(0.5)  # both SUBSCRIBEs processed
-    offline.disconnect()
-    offline.loop_stop()
+    offline.close()
 
-    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=protocol.owned_client_id("tenant-a"),
-                         protocol=mqtt.MQTTv5)
-    sender.username_pw_set(*broker.credentials("tenant-a"))
-    sender.connect(broker.host, broker.port)
-    sender.loop_start()
+    sender = connect_as(broker, "tenant-a", protocol.owned_client_id("tenant-a"))
     count = 200
     for i in range(count):
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = offline_reply if i % 2 else online_reply
-        props.CorrelationData = f"c{i}".encode()
-        sender.publish(broker.request_topic("tenant-a"), protocol.encode_request(SERIES), qos=1,
-                       properties=props).wait_for_publish(10)
+        sender.publish(
+            broker.request_topic("tenant-a"),
+            protocol.encode_request(SERIES),
+            qos=1,
+            timeout=10,
+            response_topic=offline_reply if i % 2 else online_reply,
+            correlation_data=f"c{i}".encode(),
+        )
     deadline = time.monotonic() + 60
     while len(received["online"]) < count // 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    sender.disconnect()
-    sender.loop_stop()
+    sender.close()
     assert len(received["online"]) == count // 2, received["online"][-3:]
     time.sleep(1.0)  # the server answers in order; the offline half was answered by now
 
     offline, _ = session("offline")  # resume the parked session: what did the broker keep for it?
     time.sleep(2.0)
-    offline.disconnect()
-    offline.loop_stop()
-    online.disconnect()
-    online.loop_stop()
-    print(f"\noffline session: {len(received['offline'])} of {count // 2} answers queued; "
-          f"online: {len(received['online'])}")
+    offline.close()
+    online.close()
+    print(
+        f"\noffline session: {len(received['offline'])} of {count // 2} answers queued; "
+        f"online: {len(received['online'])}"
+    )
     assert received["offline"] == []
     assert "offline_session" in broker.local.log_path.read_text(errors="replace")

@@ -16,12 +16,13 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import Any
 
 import orjson
 import pytest
+
 from mlserving_client import Client, LoadSpec, PredictionError, TenantTarget, run_load
 from mlserving_common import protocol
 
@@ -32,39 +33,24 @@ SERIES = [18.0, 19.5, 21.0, 22.5, 21.0, 19.5]
 BUDGET_PER_S = 20
 
 
-@pytest.fixture
-def server(server_process: Callable[..., Any], model_registry: Any) -> Any:
-    return server_process(registry=model_registry.root)
-
-
-@pytest.fixture
-def connect(broker: Any, server: Any) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def make(tenant: str = "tenant-a", **kwargs: Any) -> Client:
-        made.append(Client(broker.host, broker.port, *broker.credentials(tenant), tenant, **kwargs))
-        return made[-1]
-
-    yield make
-    for client in made:
-        client.close()
-
-
 def served(server: Any, tenant: str) -> int:
     """Requests of `tenant` the server answered (any outcome): what reached it through the broker."""
     return int(server.metric("mlserving_requests_total", tenant=tenant))
 
 
-@pytest.mark.parametrize("engine", ["lean", "paho"])
+@pytest.mark.parametrize("engine", ["lean", "reconnect"])
 def test_load_generator_counts_refused_requests_as_errors_not_lost(broker: Any, server: Any, engine: str) -> None:
     """Open loop at 200 req/s for 2 s against a 20/s budget: the excess is refused_by_broker."""
     target = TenantTarget("tenant-a", *broker.credentials("tenant-a"))
-    result = run_load(LoadSpec(host=broker.host, port=broker.port, targets=(target,), rate=200, count=400,
-                               grace=3, engine=engine))
+    result = run_load(
+        LoadSpec(host=broker.host, port=broker.port, targets=(target,), rate=200, count=400, grace=3, engine=engine)
+    )
     c = result.counters
     refused = c.errors[REFUSED]
-    print(f"\n{engine}: sent {c.sent} answered {c.answered} refused {refused} lost {c.lost} "
-          f"in {result.send_seconds:.2f} s")
+    print(
+        f"\n{engine}: sent {c.sent} answered {c.answered} refused {refused} lost {c.lost} "
+        f"in {result.send_seconds:.2f} s"
+    )
     assert c.sent == 400 and c.lost == 0 and (c.duplicates, c.unexpected) == (0, 0)
     assert set(c.errors) == {REFUSED} and c.answered + refused == c.sent
     # the broker's budget (a 1 s burst plus 20/s) decides how many got through, and each reached the server
@@ -77,8 +63,19 @@ def test_load_generator_counts_refused_requests_as_errors_not_lost(broker: Any, 
 def test_closed_loop_refusals_free_their_slots(broker: Any, server: Any) -> None:
     """Closed loop: a refused request gives its slot to the next one at once (no request_timeout wait)."""
     target = TenantTarget("tenant-a", *broker.credentials("tenant-a"))
-    result = run_load(LoadSpec(host=broker.host, port=broker.port, targets=(target,), concurrency=8, count=300,
-                               duration=20, grace=3, request_timeout=60, engine="lean"))
+    result = run_load(
+        LoadSpec(
+            host=broker.host,
+            port=broker.port,
+            targets=(target,),
+            concurrency=8,
+            count=300,
+            duration=20,
+            grace=3,
+            request_timeout=60,
+            engine="lean",
+        )
+    )
     c = result.counters
     print(f"\nclosed loop: sent {c.sent} answered {c.answered} refused {c.errors[REFUSED]} lost {c.lost}")
     assert c.sent == 300 and c.lost == 0
@@ -122,8 +119,10 @@ def test_library_retries_refused_requests_with_its_backoff(connect: Callable[...
     futures = [client.submit(SERIES) for _ in range(80)]
     answered, refusals = _outcomes(futures, wait_s=20)
     stats = client.stats()
-    print(f"\nlibrary with retries: {answered} answered, {len(refusals)} refused after 3 attempts, "
-          f"{stats.retries} retries, {stats.errors[REFUSED]} refusals")
+    print(
+        f"\nlibrary with retries: {answered} answered, {len(refusals)} refused after 3 attempts, "
+        f"{stats.retries} retries, {stats.errors[REFUSED]} refusals"
+    )
     assert answered + len(refusals) == 80 and {e.code for e in refusals} <= {REFUSED}
     assert stats.retries >= 1 and stats.errors[REFUSED] >= stats.retries and stats.timeouts == 0
 
@@ -144,9 +143,27 @@ def test_cli_predict_prints_the_refusal_and_exits_1(broker: Any, connect: Callab
     try:
         for _ in range(5):  # the CLI may win one of the budget's 20 tokens a second; a refusal must come
             result = subprocess.run(
-                [sys.executable, "-m", "mlserving_client", "predict", "--host", broker.host, "--port",
-                 str(broker.port), "--tenant", "tenant-a", "--attempts", "1", "--timeout", "60", *map(str, SERIES)],
-                capture_output=True, text=True, env=env, timeout=40,
+                [
+                    sys.executable,
+                    "-m",
+                    "mlserving_client",
+                    "predict",
+                    "--host",
+                    broker.host,
+                    "--port",
+                    str(broker.port),
+                    "--tenant",
+                    "tenant-a",
+                    "--attempts",
+                    "1",
+                    "--timeout",
+                    "60",
+                    *map(str, SERIES),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=40,
             )
             runs.append(result)
             if result.returncode == 1:

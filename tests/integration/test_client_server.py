@@ -1,7 +1,7 @@
 """The client library, CLI and load generator against the real server and a real Mosquitto.
 
-Fixtures (tests/conftest.py): `broker` with per-tenant passwords and ACLs, `model_registry`
-with v1 of the demo models (tenant-a -> lstm, tenant-b -> ann), `server_process`.
+Fixtures (tests/conftest.py): `broker` with per-tenant passwords and ACLs, `server` (one real server
+on v1 of the demo models: tenant-a -> lstm, tenant-b -> ann) and `connect` (library Clients of it).
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+
 from mlserving_client import Client, LoadSpec, PredictionError, TenantTarget, run_load
 from mlserving_common import protocol
 
@@ -23,32 +24,25 @@ WINDOW = protocol.LEGACY_WINDOW
 SERIES = [18.0, 19.5, 21.0, 22.5, 21.0, 19.5]
 
 
-@pytest.fixture
-def server(server_process: Callable[..., Any], model_registry: Any) -> Any:
-    return server_process(registry=model_registry.root)
-
-
-@pytest.fixture
-def connect(broker: Any, server: Any) -> Iterator[Callable[..., Client]]:
-    made: list[Client] = []
-
-    def make(tenant: str = "tenant-a", **kwargs: Any) -> Client:
-        user, password = broker.credentials(tenant)
-        made.append(Client(broker.host, broker.port, user, password, tenant, **kwargs))
-        return made[-1]
-
-    yield make
-    for client in made:
-        client.close()
-
-
 def cli(broker: Any, tenant: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the installed CLI as a user would, password from the environment."""
     env = {**os.environ, "MLSERVING_CLIENT_PASSWORD": broker.credentials(tenant)[1]}
     return subprocess.run(
-        [sys.executable, "-m", "mlserving_client", args[0], "--host", broker.host, "--port", str(broker.port),
-         *args[1:]],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mlserving_client",
+            args[0],
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            *args[1:],
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -92,7 +86,9 @@ def test_cli_predict(broker: Any, server: Any) -> None:
     assert (body["tenant"], body["model"], body["version"]) == ("tenant-b", "ann", "v1")
     assert "prediction" in body
 
-    batch = cli(broker, "tenant-b", "predict", "--tenant", "tenant-b", "--series-json", orjson.dumps([SERIES] * 3).decode())
+    batch = cli(
+        broker, "tenant-b", "predict", "--tenant", "tenant-b", "--series-json", orjson.dumps([SERIES] * 3).decode()
+    )
     assert batch.returncode == 0 and len(orjson.loads(batch.stdout)["predictions"]) == 3
 
     bad = cli(broker, "tenant-b", "predict", "--tenant", "tenant-b", "1", "2")
@@ -107,8 +103,20 @@ def test_cli_replay(broker: Any, server: Any, tmp_path: Path) -> None:
     lines += [f"7,1,{start + 900 * i},{20 + 5 * math.sin(i / 8):.3f}" for i in range(40)]
     csv_path.write_text("\n".join(lines) + "\n")
     summary_path, plot_path = tmp_path / "summary.json", tmp_path / "replay.png"
-    result = cli(broker, "tenant-a", "replay", str(csv_path), "--tenant", "tenant-a", "--series", "7/1",
-                 "--summary-json", str(summary_path), "--plot", str(plot_path))
+    result = cli(
+        broker,
+        "tenant-a",
+        "replay",
+        str(csv_path),
+        "--tenant",
+        "tenant-a",
+        "--series",
+        "7/1",
+        "--summary-json",
+        str(summary_path),
+        "--plot",
+        str(plot_path),
+    )
     assert result.returncode == 0, result.stderr
     forecast_lines = [line for line in result.stdout.splitlines() if line.startswith("2024-")]
     assert len(forecast_lines) == 40 - WINDOW
@@ -122,8 +130,9 @@ def test_cli_replay(broker: Any, server: Any, tmp_path: Path) -> None:
 
 def test_load_two_tenants_nothing_lost(broker: Any, server: Any) -> None:
     targets = tuple(TenantTarget(t, *broker.credentials(t)) for t in ("tenant-a", "tenant-b"))
-    result = run_load(LoadSpec(host=broker.host, port=broker.port, targets=targets, concurrency=32, count=3000,
-                               grace=10))
+    result = run_load(
+        LoadSpec(host=broker.host, port=broker.port, targets=targets, concurrency=32, count=3000, grace=10)
+    )
     c = result.counters
     assert (c.sent, c.answered, c.error_total, c.lost, c.duplicates, c.unexpected) == (3000, 3000, 0, 0, 0, 0)
     assert set(result.versions) == {"lstm:v1", "ann:v1"}
@@ -131,8 +140,22 @@ def test_load_two_tenants_nothing_lost(broker: Any, server: Any) -> None:
 
 def test_cli_load_json(broker: Any, server: Any) -> None:
     a, b = broker.credentials("tenant-a")[1], broker.credentials("tenant-b")[1]
-    result = cli(broker, "tenant-a", "load", "--auth", f"tenant-a:{a}", "--auth", f"tenant-b:{b}", "--rate", "400",
-                 "--duration", "2", "--batch", "4", "--json")
+    result = cli(
+        broker,
+        "tenant-a",
+        "load",
+        "--auth",
+        f"tenant-a:{a}",
+        "--auth",
+        f"tenant-b:{b}",
+        "--rate",
+        "400",
+        "--duration",
+        "2",
+        "--batch",
+        "4",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     body = orjson.loads(result.stdout)
     assert body["sent"] == body["answered"] > 0 and body["lost"] == 0 and body["error_total"] == 0

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
 from mlserving_common.devcache import cache_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.images, pytest.mark.timeout(3600)]
@@ -32,7 +33,7 @@ SERVER_UID, BROKER_UID = "10001", "1883"
 
 def _read_env(path: Path) -> dict[str, str]:
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
-    return {key: value for key, value in pairs}
+    return dict(pairs)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,9 @@ def run_in(image: str, *command: str) -> subprocess.CompletedProcess[str]:
     with _container(image) as ctr:
         return subprocess.run(
             ["buildah", "run", "--isolation=chroot", ctr, "--", *command],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
 
 
@@ -151,7 +154,9 @@ def test_trainer_runs_its_help_with_tensorflow(images: dict[str, str]) -> None:
     done = run_in(image, "mlserving-train", "--help")
     assert done.returncode == 0, done.stderr
     assert "usage: mlserving-train" in done.stdout
-    done = run_in(image, "python", "-c", "import tensorflow, mlserving_training.pipeline; print(tensorflow.__version__)")
+    done = run_in(
+        image, "python", "-c", "import tensorflow, mlserving_training.pipeline; print(tensorflow.__version__)"
+    )
     assert done.returncode == 0, done.stderr
     config = image_config(image)
     assert config["User"] == f"{SERVER_UID}:{SERVER_UID}"
@@ -163,7 +168,9 @@ def test_mosquitto_runs_as_1883_with_passwd_tool(images: dict[str, str]) -> None
     done = run_in(image, "mosquitto", "-h")  # prints usage and exits 3 by design
     assert "mosquitto version 2." in done.stdout + done.stderr, done
     # What the chart's init container does: hash a plaintext users file in place.
-    done = run_in(image, "sh", "-ec", "id -u; echo user:secret >/tmp/passwd; mosquitto_passwd -U /tmp/passwd; cat /tmp/passwd")
+    done = run_in(
+        image, "sh", "-ec", "id -u; echo user:secret >/tmp/passwd; mosquitto_passwd -U /tmp/passwd; cat /tmp/passwd"
+    )
     assert done.returncode == 0, done.stderr
     uid, entry = done.stdout.split()
     assert uid == BROKER_UID
@@ -174,10 +181,15 @@ def test_mosquitto_runs_as_1883_with_passwd_tool(images: dict[str, str]) -> None
     done = run_in(image, "test", "-w", "/mosquitto/data")
     assert done.returncode == 0, "the broker user cannot write its persistence directory"
     # Our plugin is in the image and loads into its Mosquitto (the chart's config names this path).
-    done = run_in(image, "sh", "-ec", "printf 'user u\\ntopic read x/#\\n' >/tmp/acl;"
-                  " printf 'listener 18830 127.0.0.1\\nallow_anonymous false\\nlog_dest stderr\\n"
-                  "plugin /usr/lib/mosquitto/mlserving_auth.so\\nplugin_opt_acl_file /tmp/acl\\n' >/tmp/c;"
-                  " timeout 3 mosquitto -c /tmp/c || true")
+    done = run_in(
+        image,
+        "sh",
+        "-ec",
+        "printf 'user u\\ntopic read x/#\\n' >/tmp/acl;"
+        " printf 'listener 18830 127.0.0.1\\nallow_anonymous false\\nlog_dest stderr\\n"
+        "plugin /usr/lib/mosquitto/mlserving_auth.so\\nplugin_opt_acl_file /tmp/acl\\n' >/tmp/c;"
+        " timeout 3 mosquitto -c /tmp/c || true",
+    )
     assert "mlserving-auth: 1 user(s) from /tmp/acl" in done.stdout + done.stderr, done
 
 

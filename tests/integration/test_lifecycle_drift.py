@@ -33,8 +33,17 @@ LIFECYCLE = {
 }
 # The subject here is drift, not forecast quality: the gate requires beating naive and the serving
 # version only (an 8-epoch network loses to the linear AR baselines on this data).
-TRAIN = dict(model="ann", series=SERIES, epochs=8, batch_size=32, learning_rate=3e-3, patience=3, seed=7, plot="none",
-             gate_baselines="naive")
+TRAIN = dict(
+    model="ann",
+    series=SERIES,
+    epochs=8,
+    batch_size=32,
+    learning_rate=3e-3,
+    patience=3,
+    seed=7,
+    plot="none",
+    gate_baselines="naive",
+)
 
 
 def test_level_shift_raises_drift_and_retraining_on_live_records_recovers(
@@ -48,25 +57,42 @@ def test_level_shift_raises_drift_and_retraining_on_live_records_recovers(
     frame = generate_bts(stations=1, days=DAYS, seed=21, rates=CLEAN, shift=SHIFT, shift_days=SHIFT_DAYS)
     before = frame[frame["reading_time"].astype(int) < int(frame["reading_time"].astype(int).min()) + CUT * 3600]
     csv = write_csv(before, tmp_path / "before-shift.csv")
-    first = run_retrain(TrainConfig(**TRAIN, data=str(csv), registry=str(registry_root), promote=True,
-                                    out=str(tmp_path / "pkg1")).validate(), emit=lambda line: None)
+    first = run_retrain(
+        TrainConfig(
+            **TRAIN, data=str(csv), registry=str(registry_root), promote=True, out=str(tmp_path / "pkg1")
+        ).validate(),
+        emit=lambda line: None,
+    )
     assert first.action == "promoted" and registry.current("ann") == "v1"
 
     # The trainer's persistent session exists before live traffic starts (the first drain creates it).
     password = tmp_path / "trainer-password"
     password.write_text(broker.users["trainer"].password)
-    session = dict(records=True, trigger="drift", tenants=["tenant-a"], broker_host=broker.host, broker_port=broker.port,
-                   broker_username="trainer", broker_password_file=str(password), records_idle_seconds=1.5)
+    session = dict(
+        records=True,
+        trigger="drift",
+        tenants=["tenant-a"],
+        broker_host=broker.host,
+        broker_port=broker.port,
+        broker_username="trainer",
+        broker_password_file=str(password),
+        records_idle_seconds=1.5,
+    )
     trainer_yaml = tmp_path / "trainer.yaml"
     trainer_yaml.write_text("".join(f"{k}: {v}\n" for k, v in {**TRAIN, **session}.items()))
     assert main(["records", "--config", str(trainer_yaml)]) == 0
     assert "(new)" in capsys.readouterr().out
     # With trigger=drift and no drift event queued, a scheduled run does nothing.
-    skipped = run_retrain(TrainConfig(**TRAIN, **session, registry=str(registry_root)).validate(), emit=lambda line: None)
+    skipped = run_retrain(
+        TrainConfig(**TRAIN, **session, registry=str(registry_root)).validate(), emit=lambda line: None
+    )
     assert skipped.action == "skipped" and "no server reported drift" in skipped.reason
 
-    server = server_process(registry=registry_root, lifecycle=LIFECYCLE,
-                            tenants={"tenant-a": {"models": {"ann": "current"}, "record": True}})
+    server = server_process(
+        registry=registry_root,
+        lifecycle=LIFECYCLE,
+        tenants={"tenant-a": {"models": {"ann": "current"}, "record": True}},
+    )
     client = mqtt_client("tenant-a")
 
     # Before the drift: the last 10 days before the shift.
@@ -109,10 +135,12 @@ def test_level_shift_raises_drift_and_retraining_on_live_records_recovers(
     assert server.metric("mlserving_drift", version="v2", kind="error") == 0
     assert server.metric("mlserving_auto_rollbacks_total") == 0  # v2 is better than v1 was: kept
 
-
+    drifts = log_events(server, "drift detected")
     with capsys.disabled():
-        print(f"\nlive MAE (kW, last {LIFECYCLE['live_accuracy']['window']} scored forecasts): before drift v1"
-              f" {mae_before:.3f} | after the level shift v1 {mae_drift:.3f} | after retrain v2 {mae_after:.3f}"
-              f"\ninput PSI: before {psi_before:.3f} | after shift {psi_drift:.3f} | v2 {psi_after:.3f}"
-              f"\ngate: {decision.line()}"
-              f"\ndrift events: {[(e['version'], e['kind'], e.get('psi', e.get('live_mae'))) for e in log_events(server, 'drift detected')]}")
+        print(
+            f"\nlive MAE (kW, last {LIFECYCLE['live_accuracy']['window']} scored forecasts): before drift v1"
+            f" {mae_before:.3f} | after the level shift v1 {mae_drift:.3f} | after retrain v2 {mae_after:.3f}"
+            f"\ninput PSI: before {psi_before:.3f} | after shift {psi_drift:.3f} | v2 {psi_after:.3f}"
+            f"\ngate: {decision.line()}"
+            f"\ndrift events: {[(e['version'], e['kind'], e.get('psi', e.get('live_mae'))) for e in drifts]}"
+        )

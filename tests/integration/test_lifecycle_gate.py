@@ -18,7 +18,10 @@ from mlserving_training.cli import main
 pytestmark = pytest.mark.slow
 
 #: The demo's data and optimiser (1 station, 60 days hourly): trains in seconds, beats naive.
-DEMO = "model: ann\nsynthetic_stations: 1\nsynthetic_days: 60\nseed: 7\nbatch_size: 32\nlearning_rate: 0.003\npatience: 3\nplot: none\n"
+DEMO = (
+    "model: ann\nsynthetic_stations: 1\nsynthetic_days: 60\nseed: 7\nbatch_size: 32\nlearning_rate: 0.003\n"
+    "patience: 3\nplot: none\n"
+)
 
 
 #: A candidate that beats every baseline on that data: the linear kind (one Dense layer, least squares).
@@ -33,15 +36,26 @@ def decisions(stderr: str) -> list[dict]:
 def retrain(tmp_path: Path, registry: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[str, dict]:
     config = tmp_path / "trainer.yaml"
     config.write_text(DEMO)
-    argv = ["retrain", "--config", str(config), "--registry", str(registry), "--promote", "--out", str(tmp_path / "pkg"),
-            *flags]
+    argv = [
+        "retrain",
+        "--config",
+        str(config),
+        "--registry",
+        str(registry),
+        "--promote",
+        "--out",
+        str(tmp_path / "pkg"),
+        *flags,
+    ]
     assert main(argv) == 0  # refused or not, a gate decision is a normal outcome
     captured = capsys.readouterr()
     (decision,) = decisions(captured.err)
     return captured.out, decision
 
 
-def test_gate_refuses_worse_candidates_and_accepts_a_better_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gate_refuses_worse_candidates_and_accepts_a_better_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     registry_root = tmp_path / "registry"
     registry = FilesystemRegistry(registry_root)
 
@@ -81,4 +95,7 @@ def test_gate_refuses_worse_candidates_and_accepts_a_better_one(tmp_path: Path, 
     assert "not better than serving v2" in margin["reason"]
     assert registry.versions("ann") == ["v1", "v2"]
     for d in (bad, good, worse, equal, margin):
-        print(f"  {d['action']:>8}: candidate {d['candidate_mae']:.4f} serving {d['serving_mae']} naive {d['naive_mae']:.4f}")
+        print(
+            f"  {d['action']:>8}: candidate {d['candidate_mae']:.4f} serving {d['serving_mae']}"
+            f" naive {d['naive_mae']:.4f}"
+        )

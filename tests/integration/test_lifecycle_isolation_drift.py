@@ -22,8 +22,11 @@ from lifecycle_support import send_series, series_values, windows
 
 pytestmark = pytest.mark.slow
 
-LIFECYCLE = {"live_accuracy": {"window": 100}, "drift": {"min_scored": 50, "input_window": 600},
-             "auto_rollback": {"enabled": False}}
+LIFECYCLE = {
+    "live_accuracy": {"window": 100},
+    "drift": {"min_scored": 50, "input_window": 600},
+    "auto_rollback": {"enabled": False},
+}
 LSTM = {"models": {"lstm": "current"}}
 
 
@@ -39,10 +42,20 @@ def test_another_tenants_drift_does_not_start_a_retrain(
     password = tmp_path / "password"
     password.write_text(broker.users["trainer"].password)
     config = TrainConfig(
-        model="lstm", name="lstm", trigger="drift", tenants=["tenant-b"], records_idle_seconds=1.0,
-        broker_host=broker.host, broker_port=broker.port, broker_username="trainer",
-        broker_password_file=str(password), epochs=1, synthetic_stations=1, synthetic_days=30,
-        out=str(tmp_path / "pkg"), plot="none",
+        model="lstm",
+        name="lstm",
+        trigger="drift",
+        tenants=["tenant-b"],
+        records_idle_seconds=1.0,
+        broker_host=broker.host,
+        broker_port=broker.port,
+        broker_username="trainer",
+        broker_password_file=str(password),
+        epochs=1,
+        synthetic_stations=1,
+        synthetic_days=30,
+        out=str(tmp_path / "pkg"),
+        plot="none",
     ).validate()
     assert drain(config, emit=lambda line: None).messages == 0  # creates the session: events queue from now on
 

@@ -32,8 +32,15 @@ CRAFTED = [[5000.0 + 10.0 * (i + j) for j in range(6)] for i in range(100)]  # r
 def trainer(broker, password: Path, name: str, tenants: list[str]) -> TrainConfig:
     """A trainer of model `name` for `tenants`, on a session of its own (the default id plus the tenants)."""
     config = TrainConfig(
-        model=name, name=name, records=True, tenants=tenants, records_idle_seconds=1.0, broker_host=broker.host,
-        broker_port=broker.port, broker_username="trainer", broker_password_file=str(password),
+        model=name,
+        name=name,
+        records=True,
+        tenants=tenants,
+        records_idle_seconds=1.0,
+        broker_host=broker.host,
+        broker_port=broker.port,
+        broker_username="trainer",
+        broker_password_file=str(password),
     )
     return config.merged({"client_id": f"{config.session_client_id}-{'-'.join(tenants)}"}, "test").validate()
 
@@ -82,8 +89,10 @@ def test_trainers_take_only_their_tenants_and_models_records(
     crafted = drained_ab.histories[("tenant-a", "BTS001/1")].segments
     assert len(crafted) == 1 and min(crafted[0]) == 5000.0 and max(crafted[0]) == 6040.0
     # Named first, tenant-a's series is the one this trainer takes when both hold the id.
-    assert "tenant-a:BTS001/1" in load_training_data(
-        lstm_ab.merged({"series": "BTS001/1"}, "test"), drained_ab, emit=lambda line: None).source
+    assert (
+        "tenant-a:BTS001/1"
+        in load_training_data(lstm_ab.merged({"series": "BTS001/1"}, "test"), drained_ab, emit=lambda line: None).source
+    )
 
-    with pytest.raises(ConfigError, match="^tenants:"):
+    with pytest.raises(ConfigError, match=r"^tenants:"):
         TrainConfig(records=True, broker_host=broker.host).validate()

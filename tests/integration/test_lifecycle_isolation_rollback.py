@@ -50,8 +50,10 @@ def start_layout(layout: str, server_process, registry_root: Path) -> tuple[Any,
     if layout == "one-process":
         both = server_process(registry=registry_root, tenants={"tenant-a": ANN, "tenant-b": ANN}, lifecycle=LIFECYCLE)
         return both, both
-    return (server_process(registry=registry_root, tenants={"tenant-a": ANN}, lifecycle=LIFECYCLE, name="server-a"),
-            server_process(registry=registry_root, tenants={"tenant-b": ANN}, lifecycle=LIFECYCLE, name="server-b"))
+    return (
+        server_process(registry=registry_root, tenants={"tenant-a": ANN}, lifecycle=LIFECYCLE, name="server-a"),
+        server_process(registry=registry_root, tenants={"tenant-b": ANN}, lifecycle=LIFECYCLE, name="server-b"),
+    )
 
 
 def decisions(server: Any, tenant: str) -> list[dict[str, Any]]:
@@ -104,9 +106,11 @@ def test_another_tenants_crafted_windows_cannot_roll_back_a_good_version(
     after_a = send_series(a, windows(values, 420, 430), SERIES, "a-after")
     assert {x["version"] for x in after_a} == {"v1"}  # the tenant whose score collapsed is pinned back
     with capsys.disabled():
-        print(f"\nrollback forced by another tenant ({layout}): tenant-a v1 {forced['predecessor_live_mae']:.3f} ->"
-              f" v2 {forced['live_mae']:.1f} (crafted) -> tenant-a pinned to v1; tenant-b v1"
-              f" {kept['predecessor_live_mae']:.3f} -> v2 {kept['live_mae']:.3f}: kept, tenant-b answered by v2")
+        print(
+            f"\nrollback forced by another tenant ({layout}): tenant-a v1 {forced['predecessor_live_mae']:.3f} ->"
+            f" v2 {forced['live_mae']:.1f} (crafted) -> tenant-a pinned to v1; tenant-b v1"
+            f" {kept['predecessor_live_mae']:.3f} -> v2 {kept['live_mae']:.3f}: kept, tenant-b answered by v2"
+        )
 
 
 @pytest.mark.parametrize("layout", ["one-process", "per-tenant"])
@@ -144,6 +148,8 @@ def test_another_tenants_crafted_windows_cannot_keep_a_bad_version(
     assert {x["version"] for x in after} == {"v1"}
     assert rolled_back(server_b) == {"tenant-b/ann:current": "v2"}
     with capsys.disabled():
-        print(f"\nrollback blocked by another tenant ({layout}): tenant-a's crafted v1 live MAE {crafted_mae:.1f};"
-              f" tenant-b v1 {decision['predecessor_live_mae']:.3f} -> scrambled v2 {decision['live_mae']:.3f}"
-              f" over {decision['scored']}: rolled back for tenant-b")
+        print(
+            f"\nrollback blocked by another tenant ({layout}): tenant-a's crafted v1 live MAE {crafted_mae:.1f};"
+            f" tenant-b v1 {decision['predecessor_live_mae']:.3f} -> scrambled v2 {decision['live_mae']:.3f}"
+            f" over {decision['scored']}: rolled back for tenant-b"
+        )

@@ -26,8 +26,15 @@ def test_two_replicas_record_one_series_that_the_trainer_stitches_back(
     password = tmp_path / "password"
     password.write_text(broker.users["trainer"].password)
     config = TrainConfig(
-        name="lstm", series="BTS001/1", records=True, tenants=["tenant-a"], records_max=150, records_idle_seconds=1.0,
-        broker_host=broker.host, broker_port=broker.port, broker_username="trainer",
+        name="lstm",
+        series="BTS001/1",
+        records=True,
+        tenants=["tenant-a"],
+        records_max=150,
+        records_idle_seconds=1.0,
+        broker_host=broker.host,
+        broker_port=broker.port,
+        broker_username="trainer",
         broker_password_file=str(password),
     ).validate()
     first = drain(config, emit=lambda line: None)  # creates the persistent session
@@ -58,7 +65,8 @@ def test_two_replicas_record_one_series_that_the_trainer_stitches_back(
     again = drain(config, emit=lambda line: None)
     assert again.new_windows == {KEY: 20}
     assert again.histories[KEY].segments == [[float(v) for v in values[319 - 150 : 319]]], describe(
-        again.histories[KEY], values)
+        again.histories[KEY], values
+    )
     # Requests without a series_id are answered but neither recorded nor scored.
     client.request({"series": windows(values, 400, 401)[0]})
     assert sum(r.metric("mlserving_records_published_total") for r in replicas) == 220

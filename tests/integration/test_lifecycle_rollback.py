@@ -33,8 +33,9 @@ def test_bad_promotion_is_rolled_back_automatically_then_by_command(
     registry = FilesystemRegistry(registry_root)
     bad = scrambled_package(registry.fetch("ann", "v1"), tmp_path / "bad-ann")
     values = series_values()  # the demo models' own data: v1 forecasts it well
-    server = server_process(registry=registry_root, tenants={"tenant-b": {"models": {"ann": "current"}}},
-                            lifecycle=LIFECYCLE)
+    server = server_process(
+        registry=registry_root, tenants={"tenant-b": {"models": {"ann": "current"}}}, lifecycle=LIFECYCLE
+    )
     client = mqtt_client("tenant-b")
 
     # v1 serves: its live MAE is the baseline the guard will compare with.
@@ -61,10 +62,13 @@ def test_bad_promotion_is_rolled_back_automatically_then_by_command(
     assert decision["version"] == "v2" and decision["predecessor"] == "v1" and decision["scored"] == 50
     assert decision["live_mae"] > decision["predecessor_live_mae"] * 1.2
     assert decision["predecessor_live_mae"] == pytest.approx(baseline, rel=0.5)
-    summary = (f"\nauto-rollback: v1 live MAE {decision['predecessor_live_mae']:.3f}, scrambled v2 {decision['live_mae']:.3f}"
-          f" over {decision['scored']} scored forecasts; swap back took {decision['swap_back_seconds'] * 1e6:.0f} us;"
-          f" promote -> v2 serving {swapped_at - promoted_at:.2f} s, v2 serving -> rolled back"
-          f" {decision['seconds_since_swap']:.2f} s (server clock), promote -> rollback seen {rolled_at - promoted_at:.2f} s")
+    summary = (
+        f"\nauto-rollback: v1 live MAE {decision['predecessor_live_mae']:.3f}, scrambled v2 {decision['live_mae']:.3f}"
+        f" over {decision['scored']} scored forecasts; swap back took {decision['swap_back_seconds'] * 1e6:.0f} us;"
+        f" promote -> v2 serving {swapped_at - promoted_at:.2f} s, v2 serving -> rolled back"
+        f" {decision['seconds_since_swap']:.2f} s (server clock),"
+        f" promote -> rollback seen {rolled_at - promoted_at:.2f} s"
+    )
 
     # v1 answers tenant-b again and the server ignores v2 for it although the registry still names it.
     after = send_series(client, windows(values, start, start + 30), "BTS001/1", "rolled")
@@ -94,8 +98,9 @@ def test_bad_promotion_is_rolled_back_automatically_then_by_command(
 
 def test_a_good_promotion_is_kept(server_process, registry_root: Path, mqtt_client, until, publish_copy) -> None:
     values = series_values()
-    server = server_process(registry=registry_root, tenants={"tenant-b": {"models": {"ann": "current"}}},
-                            lifecycle=LIFECYCLE)
+    server = server_process(
+        registry=registry_root, tenants={"tenant-b": {"models": {"ann": "current"}}}, lifecycle=LIFECYCLE
+    )
     client = mqtt_client("tenant-b")
     send_series(client, windows(values, 100, 200), "BTS001/1", "before")
     until(lambda: server.metric("mlserving_live_scored_total", version="v1") >= 99)

@@ -31,16 +31,21 @@ def test_shadow_never_changes_answers_and_guards_promotion(
     live = windows(values, 100, 260)
     client = mqtt_client("tenant-b")
 
-    plain = server_process(registry=registry_root, name="plain",
-                           tenants={"tenant-b": {"models": MODELS, "default_model": "ann"}})
+    plain = server_process(
+        registry=registry_root, name="plain", tenants={"tenant-b": {"models": MODELS, "default_model": "ann"}}
+    )
     without = send_one_by_one(client, live, "BTS001/1", "plain")
     plain.stop()
 
-    shadowed = server_process(registry=registry_root, name="shadowed",
-                              tenants={"tenant-b": {"models": MODELS, "default_model": "ann", "shadow": {"ann": "v2"}}})
+    shadowed = server_process(
+        registry=registry_root,
+        name="shadowed",
+        tenants={"tenant-b": {"models": MODELS, "default_model": "ann", "shadow": {"ann": "v2"}}},
+    )
     with_shadow = send_one_by_one(client, live, "BTS001/1", "shadow")
     assert [(a["prediction"], a["model"], a["version"]) for a in with_shadow] == [
-        (a["prediction"], a["model"], a["version"]) for a in without]
+        (a["prediction"], a["model"], a["version"]) for a in without
+    ]
     assert {a["version"] for a in with_shadow} == {"v1"}
     # Batched traffic too: answers come from v1 only, the shadow is scored on every window.
     bulk = send_series(client, windows(values, 260, 460), "BTS001/1", "bulk")
@@ -60,23 +65,52 @@ def test_shadow_never_changes_answers_and_guards_promotion(
 
     # Guarded promotion: the scrambled shadow is worse than the serving version -> refused.
     url = shadowed.url("/metrics")
-    rc = main(["promote", "--registry", str(registry_root), "ann", "v2", "--require-shadow-better",
-               "--metrics-url", url, "--min-scored", "100"])
+    rc = main(
+        [
+            "promote",
+            "--registry",
+            str(registry_root),
+            "ann",
+            "v2",
+            "--require-shadow-better",
+            "--metrics-url",
+            url,
+            "--min-scored",
+            "100",
+        ]
+    )
     refused = capsys.readouterr().out
     assert rc == EXIT_REFUSED and "not promoted" in refused and registry.current("ann") == "v1"
     shadowed.stop()
 
     # The other way round: the bad version serves, the good one runs in shadow -> promoted.
     registry.promote("ann", "v2")
-    swapped = server_process(registry=registry_root, name="swapped",
-                             tenants={"tenant-b": {"models": MODELS, "default_model": "ann", "shadow": {"ann": "v1"}}})
+    swapped = server_process(
+        registry=registry_root,
+        name="swapped",
+        tenants={"tenant-b": {"models": MODELS, "default_model": "ann", "shadow": {"ann": "v1"}}},
+    )
     send_series(client, windows(values, 560, 760), "BTS001/1", "swapped")
     until(lambda: swapped.metric("mlserving_live_scored_total", version="v1", role="shadow") >= 199)
-    rc = main(["promote", "--registry", str(registry_root), "ann", "v1", "--require-shadow-better",
-               "--metrics-url", swapped.url("/metrics"), "--min-scored", "100"])
+    rc = main(
+        [
+            "promote",
+            "--registry",
+            str(registry_root),
+            "ann",
+            "v1",
+            "--require-shadow-better",
+            "--metrics-url",
+            swapped.url("/metrics"),
+            "--min-scored",
+            "100",
+        ]
+    )
     accepted = capsys.readouterr().out
     assert rc == 0 and registry.current("ann") == "v1", accepted
     until(lambda: serving_version(swapped, "ann") == "v1")
     with capsys.disabled():
-        print(f"\nshadow: serving v1 live MAE {serving:.3f}, scrambled v2 in shadow {shadow:.3f} -> {refused.strip()}"
-              f"\nreverse: {accepted.strip()}")
+        print(
+            f"\nshadow: serving v1 live MAE {serving:.3f}, scrambled v2 in shadow {shadow:.3f} -> {refused.strip()}"
+            f"\nreverse: {accepted.strip()}"
+        )

@@ -26,8 +26,12 @@ def test_client_library_round_trips(server_process, registry_root, broker):
 
 def test_tutorial_queue_names_and_legacy_payload(server_process, registry_root, mqtt_client):
     tenants = {
-        "legacy": {"models": {"lstm": "current"}, "request_topic": "inqueue/lstm", "response_topic": "outqueue/lstm",
-                   "legacy": {"mean": 21.0, "scale": 5.0}},
+        "legacy": {
+            "models": {"lstm": "current"},
+            "request_topic": "inqueue/lstm",
+            "response_topic": "outqueue/lstm",
+            "legacy": {"mean": 21.0, "scale": 5.0},
+        },
     }
     server_process(registry_root, tenants=tenants)
     client = mqtt_client("legacy")

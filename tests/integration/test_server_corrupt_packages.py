@@ -35,11 +35,14 @@ def _model_with_matching_checksum(package: Path, model: bytes) -> None:
 
 DAMAGES = {
     "truncated model, checksum matches": lambda p: _model_with_matching_checksum(
-        p, (p / "model.tflite").read_bytes()[: (p / "model.tflite").stat().st_size // 3]),
+        p, (p / "model.tflite").read_bytes()[: (p / "model.tflite").stat().st_size // 3]
+    ),
     "zeroed model tail, checksum matches": lambda p: _model_with_matching_checksum(
-        p, (p / "model.tflite").read_bytes()[:-4096] + bytes(4096)),
+        p, (p / "model.tflite").read_bytes()[:-4096] + bytes(4096)
+    ),
     "model bytes flipped": lambda p: (p / "model.tflite").write_bytes(
-        bytes(b ^ 0xFF if i % 997 == 0 else b for i, b in enumerate((p / "model.tflite").read_bytes()))),
+        bytes(b ^ 0xFF if i % 997 == 0 else b for i, b in enumerate((p / "model.tflite").read_bytes()))
+    ),
     "model missing": lambda p: (p / "model.tflite").unlink(),
     "metadata missing": lambda p: (p / "metadata.json").unlink(),
     "metadata not JSON": lambda p: (p / "metadata.json").write_text("{not json"),
@@ -69,8 +72,12 @@ def test_corrupted_versions_promoted_under_load_are_refused_and_nothing_is_lost(
                 version = publish_copy(registry_root, "lstm")
                 damage(registry.fetch("lstm", version))
                 registry.promote("lstm", version)
-                until(lambda: server.metric("mlserving_model_load_failures_total", model="lstm", version=version) >= 1,
-                      timeout=60)
+                until(
+                    lambda version=version: (
+                        server.metric("mlserving_model_load_failures_total", model="lstm", version=version) >= 1
+                    ),
+                    timeout=60,
+                )
                 refused[name] = version
         finally:
             done.set()
@@ -81,8 +88,10 @@ def test_corrupted_versions_promoted_under_load_are_refused_and_nothing_is_lost(
 
     result = load(client, 4000, SERIES, rate=200, timeout=60, on_progress=progress)
     assert done.wait(120)
-    print(f"\ncorrupt packages: {len(refused)} broken versions promoted under load, all refused; "
-          f"sent {result['sent']} answered {result['answered']} errors {len(result['errors'])} lost {result['lost']}")
+    print(
+        f"\ncorrupt packages: {len(refused)} broken versions promoted under load, all refused; "
+        f"sent {result['sent']} answered {result['answered']} errors {len(result['errors'])} lost {result['lost']}"
+    )
     assert sorted(refused) == sorted(DAMAGES), sorted(set(DAMAGES) - set(refused))
     assert result["lost"] == 0 and result["errors"] == []
     assert set(result["versions"]) == {"v1"}

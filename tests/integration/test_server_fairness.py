@@ -32,7 +32,10 @@ B_P99_BOUND_MS = 500.0
 FLOOD_FACTOR = 2.0
 FLOOD_SECONDS = 8.0
 B_RATE = 20.0
-ONLY = {"tenant-a": {"tenant-a": {"models": {"lstm": "current"}}}, "tenant-b": {"tenant-b": {"models": {"ann": "current"}}}}
+ONLY = {
+    "tenant-a": {"tenant-a": {"models": {"lstm": "current"}}},
+    "tenant-b": {"tenant-b": {"models": {"ann": "current"}}},
+}
 
 
 @dataclass
@@ -118,11 +121,15 @@ def test_chart_layout_a_flood_on_one_tenants_server_leaves_the_other_tenant_with
 @pytest.mark.slow
 def test_one_process_for_both_tenants_queues_them_apart(broker, server_process, registry_root):
     # A queue of 300 per tenant: a second of A's flood overflows it.
-    server = server_process(registry_root, tenants={**ONLY["tenant-a"], **ONLY["tenant-b"]}, limits={"max_pending": 300})
+    server = server_process(
+        registry_root, tenants={**ONLY["tenant-a"], **ONLY["tenant-b"]}, limits={"max_pending": 300}
+    )
     flood = flood_a_while_b_trickles(broker)
     inside_b, inside_a = server_latency_p99_ms(server, "tenant-b"), server_latency_p99_ms(server, "tenant-a")
-    print(flood.report("one process for both tenants")
-          + f"\nfairness (one process): inside the server p99 <= {inside_b:g} ms for B, <= {inside_a:g} ms for A")
+    print(
+        flood.report("one process for both tenants")
+        + f"\nfairness (one process): inside the server p99 <= {inside_b:g} ms for B, <= {inside_a:g} ms for A"
+    )
     check_both_served(flood)
     assert flood.a.counters.errors["overloaded"] > 0  # A's own queue overflowed; B's slots stayed B's
     assert server.proc.poll() is None

@@ -22,6 +22,10 @@ import numpy as np
 import orjson
 import pytest
 
+from mlserving_common import mqtt
+
+from mqtt_support import connect_as
+
 SERIES = [20.1, 20.4, 21.0, 21.6, 22.0, 22.3]
 
 
@@ -29,8 +33,10 @@ def figures(name: str, result: dict) -> str:
     codes: dict[str, int] = {}
     for error in result["errors"]:
         codes[error["error"]["code"]] = codes.get(error["error"]["code"], 0) + 1
-    line = (f"\n{name}: sent {result['sent']} answered {result['answered']} errors {sum(codes.values())} {codes or ''} "
-            f"lost {result['lost']} (retries {result['retries']}, duplicates {result['duplicates']})")
+    line = (
+        f"\n{name}: sent {result['sent']} answered {result['answered']} errors {sum(codes.values())} {codes or ''} "
+        f"lost {result['lost']} (retries {result['retries']}, duplicates {result['duplicates']})"
+    )
     print(line)
     return line
 
@@ -123,8 +129,13 @@ def _build_poison_package(out: Path) -> Path:
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
     model = converter.convert()
     metadata = Metadata(
-        name="poison", version="v0", created_at="2026-01-01T00:00:00Z", window=6,
-        normalization=Normalization(mean=0.0, std=1.0), input=TensorSpec([-1, 6]), output=TensorSpec([-1, 1]),
+        name="poison",
+        version="v0",
+        created_at="2026-01-01T00:00:00Z",
+        window=6,
+        normalization=Normalization(mean=0.0, std=1.0),
+        input=TensorSpec([-1, 6]),
+        output=TensorSpec([-1, 1]),
         model_sha256=hashlib.sha256(model).hexdigest(),
     )
     write_package(out, model, metadata)
@@ -143,8 +154,10 @@ def test_poison_input_fails_alone_and_does_not_block_or_crash(
     from mlserving_common.registry import FilesystemRegistry
 
     FilesystemRegistry(registry_root).publish(poison_package, promote=True)
-    tenants = {"tenant-a": {"models": {"lstm": "current", "poison": "current"}, "default_model": "lstm"},
-               "tenant-b": {"models": {"ann": "current"}}}
+    tenants = {
+        "tenant-a": {"models": {"lstm": "current", "poison": "current"}, "default_model": "lstm"},
+        "tenant-b": {"models": {"ann": "current"}},
+    }
     # A worker that waits for companions, so poison and good requests share batches.
     server = server_process(registry_root, tenants=tenants, batching={"max_batch": 64, "max_wait_ms": 20})
     clients = {"a": mqtt_client("tenant-a"), "b": mqtt_client("tenant-b")}
@@ -169,8 +182,10 @@ def test_poison_input_fails_alone_and_does_not_block_or_crash(
     codes: dict[str, int] = {}
     for code in outcome.values():
         codes[code] = codes.get(code, 0) + 1
-    print(f"\npoison inputs (20 of each kind among 200 requests): sent {len(sent)} answered {len(outcome)} "
-          f"errors {sum(v for k, v in codes.items() if k != 'ok')} {codes} lost {len(sent) - len(outcome)}")
+    print(
+        f"\npoison inputs (20 of each kind among 200 requests): sent {len(sent)} answered {len(outcome)} "
+        f"errors {sum(v for k, v in codes.items() if k != 'ok')} {codes} lost {len(sent) - len(outcome)}"
+    )
     assert all(len(clients[w].answers[i]) == 1 for i, (w, _) in sent.items())
     assert {i: o for i, o in outcome.items() if o != sent[i][1]} == {}
     assert server.metric("mlserving_requests_total", model="poison", outcome="internal") == 40
@@ -185,52 +200,46 @@ def test_poison_input_fails_alone_and_does_not_block_or_crash(
 
 
 class RawTenantClient:
-    """A plain paho client of tenant-b that can stop reading its socket (its loop) and resume."""
+    """A plain client of tenant-b that can stop reading its socket and resume.
+
+    Not reading = its network thread held in a message callback: the socket stays open, nothing
+    more is read from it (nor acknowledged) until read_again()."""
 
     def __init__(self, broker, reply_topic: str, subscribe: bool) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.reply_topic = reply_topic
         self.request_topic = broker.request_topic("tenant-b")
         self.answers: dict[str, int] = {}
-        subscribed = threading.Event()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
-        self._client.username_pw_set(*broker.credentials("tenant-b"))
-        self._client.max_inflight_messages_set(0)
-        self._client.on_message = lambda c, u, m: self._on_message(m.payload)
-        self._client.on_subscribe = lambda *args: subscribed.set()
+        self._reading = threading.Event()
+        self._reading.set()
         # keepalive well beyond the stall, so the broker keeps the connection (and its queue)
-        self._client.connect(broker.host, broker.port, keepalive=300, clean_start=True)
-        self._client.loop_start()
+        self._client = connect_as(broker, "tenant-b", keepalive=300, on_message=self._on_message)
         if subscribe:
             self._client.subscribe(reply_topic, qos=1)
-            assert subscribed.wait(10)
 
-    def _on_message(self, payload: bytes) -> None:
-        rid = orjson.loads(payload).get("id")
+    def _on_message(self, message: mqtt.Message) -> None:
+        self._reading.wait()
+        rid = orjson.loads(message.payload).get("id")
         self.answers[rid] = self.answers.get(rid, 0) + 1
 
     def send(self, ids: list[str], instances: list[list[float]]) -> None:
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        properties = Properties(PacketTypes.PUBLISH)
-        properties.ResponseTopic = self.reply_topic
         for rid in ids:
-            info = self._client.publish(self.request_topic, orjson.dumps({"id": rid, "instances": instances}),
-                                        qos=1, properties=properties)
-            info.wait_for_publish(30)
+            self._client.publish(
+                self.request_topic,
+                orjson.dumps({"id": rid, "instances": instances}),
+                qos=1,
+                timeout=30,
+                response_topic=self.reply_topic,
+            )
 
     def stop_reading(self) -> None:
-        self._client.loop_stop()  # the socket stays open; nobody reads it
+        self._reading.clear()  # the next message holds the network thread: the socket stays open; nobody reads it
 
     def read_again(self) -> None:
-        self._client.loop_start()
+        self._reading.set()
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._reading.set()
+        self._client.close()
 
 
 @pytest.mark.slow
@@ -248,8 +257,10 @@ def test_client_that_stops_reading_does_not_affect_the_server_or_other_clients(
         windows = [[20.0 + (i % 7), 20.5, 21.0, 21.5, 22.0, 22.5] for i in range(1024)]
         big_ids = [f"big-{i}" for i in range(500)]
         feeder.send(big_ids, windows)
-        until(lambda: server.metric("mlserving_requests_total", tenant="tenant-b", outcome="ok") >= len(big_ids),
-              timeout=120)
+        until(
+            lambda: server.metric("mlserving_requests_total", tenant="tenant-b", outcome="ok") >= len(big_ids),
+            timeout=120,
+        )
         # Meanwhile everyone else is served as usual: another client of the same tenant, and tenant A.
         result_b = load(mqtt_client("tenant-b"), 500, SERIES, rate=250, retry_after=3.0, timeout=60)
         result_a = load(mqtt_client("tenant-a"), 1000, SERIES, rate=250, retry_after=3.0, timeout=60)
@@ -262,9 +273,11 @@ def test_client_that_stops_reading_does_not_affect_the_server_or_other_clients(
         assert waiting > 0  # answers are held for it at the broker, not delivered, not dropped
         stalled.read_again()
         until(lambda: len(stalled.answers) == len(big_ids), timeout=120)
-        print(f"\nstalled client: sent {len(big_ids)} batched requests (1024 series each); {waiting} answers "
-              f"waited at the broker while it did not read; once it read again: answered "
-              f"{len(stalled.answers)} errors 0 lost {len(big_ids) - len(stalled.answers)}")
+        print(
+            f"\nstalled client: sent {len(big_ids)} batched requests (1024 series each); {waiting} answers "
+            f"waited at the broker while it did not read; once it read again: answered "
+            f"{len(stalled.answers)} errors 0 lost {len(big_ids) - len(stalled.answers)}"
+        )
         assert all(count == 1 for count in stalled.answers.values())
     finally:
         feeder.close()

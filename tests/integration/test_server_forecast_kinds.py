@@ -69,8 +69,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, T
     registry = FilesystemRegistry(root / "registry")
     offline: dict[str, Trained] = {}
     for name, (kind, window, horizon, calendar, epochs) in PACKAGES.items():
-        config = TrainConfig(model=kind, name=name, window=window, horizon=horizon, calendar=calendar,
-                             epochs=epochs, patience=0, units=8, out=str(root / name), plot="none").validate()
+        config = TrainConfig(
+            model=kind,
+            name=name,
+            window=window,
+            horizon=horizon,
+            calendar=calendar,
+            epochs=epochs,
+            patience=0,
+            units=8,
+            out=str(root / name),
+            plot="none",
+        ).validate()
         result = train(config, lambda line: None, raw)
         _, _, dataset, _ = prepare(config, raw)
         offline[name] = _offline(dataset, result.package_dir)
@@ -85,7 +95,7 @@ def registry(trained: tuple[Path, dict[str, Trained]]) -> Path:
 
 @pytest.fixture
 def server(server_process, registry):
-    tenants = {"tenant-a": {"models": {name: "current" for name in PACKAGES}, "default_model": "lin48"}}
+    tenants = {"tenant-a": {"models": dict.fromkeys(PACKAGES, "current"), "default_model": "lin48"}}
     return server_process(registry, tenants=tenants)
 
 
@@ -99,7 +109,10 @@ def test_packages_declare_lookback_horizon_and_calendar(registry: Path) -> None:
         assert metadata.input.shape == [-1, width]
         assert bool(metadata.calendar) == calendar
         if calendar:
-            assert metadata.calendar == {"features": ["day_sin", "day_cos", "week_sin", "week_cos"], "interval_s": 3600.0}
+            assert metadata.calendar == {
+                "features": ["day_sin", "day_cos", "week_sin", "week_cos"],
+                "interval_s": 3600.0,
+            }
         if horizon > 1:
             steps = metadata.metrics["test"]["horizon"]
             assert steps["steps"] == horizon and len(steps["mase"]) == horizon
@@ -122,7 +135,7 @@ def test_linear_baseline_is_the_least_squares_fit(trained: tuple[Path, dict[str,
 @pytest.mark.parametrize("name", list(PACKAGES))
 def test_server_answers_equal_the_trainers_offline_forecast(server, mqtt_client, trained, name: str) -> None:
     offline = trained[1][name]
-    _, window, horizon, calendar, _ = PACKAGES[name]
+    _, _, horizon, calendar, _ = PACKAGES[name]
     client = mqtt_client("tenant-a")
     for i in range(len(offline.readings)):
         body: dict = {"model": name, "series": offline.readings[i].tolist()}
@@ -210,10 +223,30 @@ def test_client_library_and_cli_ask_for_steps_with_a_time(server, broker, traine
     assert answer.steps == pytest.approx(offline.forecast[1].tolist(), rel=1e-5, abs=1e-5)
     env = {**os.environ, "MLSERVING_CLIENT_PASSWORD": password}
     done = subprocess.run(
-        [sys.executable, "-m", "mlserving_client", "predict", "--host", broker.host, "--port", str(broker.port),
-         "--tenant", "tenant-a", "--model", "linday", "--time", repr(at), "--horizon", "5",
-         "--series-json", orjson.dumps(series).decode()],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mlserving_client",
+            "predict",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--tenant",
+            "tenant-a",
+            "--model",
+            "linday",
+            "--time",
+            repr(at),
+            "--horizon",
+            "5",
+            "--series-json",
+            orjson.dumps(series).decode(),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     body = orjson.loads(done.stdout)

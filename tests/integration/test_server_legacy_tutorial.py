@@ -6,8 +6,8 @@ them oldest first and feed them to our model unconverted: answers up to 0.755 no
 off. Here the expected forecast is computed offline from the package with LiteRT, in readings,
 and the served answer (in the client's units) must equal it once scaled back.
 
-The client is a plain paho client with exactly the lines docs/client.md tells a tutorial user to
-add: MQTT v5, username/password, and a client id `<username>:<something>`.
+The client is a plain MQTT v5 connection that puts on the wire what the paho lines docs/client.md
+tells a tutorial user to add set: MQTT v5, username/password, and a client id `<username>:<something>`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from mlserving_common.package import MODEL_FILE, read_metadata
+
+from mqtt_support import connect_as
 
 RISING = [14.0, 16.5, 19.0, 22.5, 26.0, 29.5]  # oldest first; not symmetric: order matters
 PALINDROME = [24.0, 17.0, 28.0, 28.0, 17.0, 24.0]  # the same read either way: only scaling matters
@@ -47,36 +49,29 @@ def tutorial_row(readings: list[float], mean: float, scale: float) -> dict[str, 
 
 
 class TutorialClient:
-    """The tutorial's paho client, plus the lines docs/client.md shows it must add."""
+    """The tutorial's client, plus what the lines docs/client.md shows it must add put on the wire."""
 
     def __init__(self, broker, username: str = "legacy") -> None:
-        import paho.mqtt.client as mqtt
-
         self.answers: queue.Queue[dict] = queue.Queue()
-        self.subscribed = queue.Queue()
         password = broker.credentials(username)[1]
-        # --- the lines docs/client.md shows ---
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"{username}:{uuid.uuid4().hex}", protocol=mqtt.MQTTv5
+        # --- what the lines docs/client.md shows set: MQTT v5, the login, an owned client id ---
+        self.client = connect_as(
+            broker,
+            username,
+            f"{username}:{uuid.uuid4().hex}",
+            password=password,
+            on_message=lambda message: self.answers.put(orjson.loads(message.payload)),
         )
-        client.username_pw_set(username, password)
-        # --------------------------------------
-        client.on_connect = lambda c, u, flags, rc, props: c.subscribe("outqueue/lstm", qos=1)
-        client.on_subscribe = lambda c, u, mid, codes, props: self.subscribed.put([code.value for code in codes])
-        client.on_message = lambda c, u, message: self.answers.put(orjson.loads(message.payload))
-        client.connect(broker.host, broker.port, keepalive=10)
-        client.loop_start()
-        self.client = client
-        assert self.subscribed.get(timeout=10) == [1]
+        # --------------------------------------------------------------------------------------
+        assert self.client.subscribe("outqueue/lstm", qos=1) == [1]
 
     def ask(self, row: dict[str, float]) -> dict:
         """Publish one row to inqueue/lstm and wait for the answer on outqueue/lstm."""
-        self.client.publish("inqueue/lstm", orjson.dumps(row), qos=1)
+        self.client.connection.publish("inqueue/lstm", orjson.dumps(row), qos=1)
         return self.answers.get(timeout=20)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.close()
 
 
 @pytest.fixture
@@ -91,8 +86,12 @@ def served(server_process, registry_root, lstm):
     _, norm = lstm
     tutorial = {"mean": norm.mean + 3.25, "scale": norm.std * 1.7}
     tenants = {
-        "legacy": {"models": {"lstm": "current"}, "request_topic": "inqueue/lstm", "response_topic": "outqueue/lstm",
-                   "legacy": tutorial},
+        "legacy": {
+            "models": {"lstm": "current"},
+            "request_topic": "inqueue/lstm",
+            "response_topic": "outqueue/lstm",
+            "legacy": tutorial,
+        },
         "tenant-a": {"models": {"lstm": "current"}, "legacy": {"mean": norm.mean, "scale": norm.std}},
         "tenant-b": {"models": {"lstm": "current"}},
     }

@@ -3,20 +3,22 @@ queue is full, each where the client listens. Nothing silent."""
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import wait
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from mlserving_client import Client, PredictionError
+from mlserving_common import mqtt
 from mlserving_common.mosquitto import DEFAULT_LIMITS
+
+from mqtt_support import connect_as
 
 SERIES = [20.1, 20.4, 21.0, 21.6, 22.0, 22.3]
 
 
-def test_rate_limited_tenant_gets_error_answers_and_other_tenant_is_unaffected(server_process, registry_root, mqtt_client):
+def test_rate_limited_tenant_gets_error_answers_and_other_tenant_is_unaffected(
+    server_process, registry_root, mqtt_client
+):
     tenants = {
         "tenant-a": {"models": {"lstm": "current"}, "rate_limit": {"per_second": 1, "burst": 5}},
         "tenant-b": {"models": {"ann": "current"}},
@@ -35,14 +37,14 @@ def test_rate_limited_tenant_gets_error_answers_and_other_tenant_is_unaffected(s
     assert set(codes) == {"ok", "rate_limited"}
     assert 5 <= codes.count("ok") <= 10  # the burst, plus what refilled meanwhile
     assert all("prediction" in b.answers[i][0].body for i in b_ids)
-    assert server.metric("mlserving_requests_total", tenant="tenant-a", outcome="rate_limited") == codes.count("rate_limited")
+    assert server.metric("mlserving_requests_total", tenant="tenant-a", outcome="rate_limited") == codes.count(
+        "rate_limited"
+    )
 
 
 def test_full_queue_answers_overloaded_instead_of_dropping(server_process, registry_root, mqtt_client):
     # A tiny queue and a worker that waits long for companions: most of a burst cannot be queued.
-    server = server_process(
-        registry_root, limits={"max_pending": 2}, batching={"max_batch": 64, "max_wait_ms": 300}
-    )
+    server = server_process(registry_root, limits={"max_pending": 2}, batching={"max_batch": 64, "max_wait_ms": 300})
     client = mqtt_client("tenant-a")
     ids = [f"burst-{i}" for i in range(300)]
     for request_id in ids:
@@ -98,18 +100,17 @@ def test_payload_limits_at_the_broker_and_at_the_server(broker, server_process, 
     server = server_process(registry_root)
     too_big_for_broker = b'{"id": "huge", "series": [' + b"1.0, " * (2 * 1024 * 1024 // 5) + b"1.0]}"
     assert len(too_big_for_broker) > DEFAULT_LIMITS["max_packet_size"]
-    sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    sender.username_pw_set(*broker.credentials("tenant-a"))
+    sender = connect_as(broker, "tenant-a")  # no reconnect: the big message is sent once
+    delivery = sender.connection.publish(broker.request_topic("tenant-a"), too_big_for_broker, qos=1)
     outcome: dict[str, object] = {}
-    dropped = threading.Event()
-    sender.on_publish = lambda c, u, mid, rc, p: outcome.setdefault("puback", rc)
-    sender.on_disconnect = lambda c, u, f, rc, p: (outcome.setdefault("disconnect", rc), dropped.set())
-    sender.connect(broker.host, broker.port)
-    sender.loop_start()
-    sender.publish(broker.request_topic("tenant-a"), too_big_for_broker, qos=1)
-    assert dropped.wait(20)
-    sender.loop_stop()  # before paho reconnects and sends it again
-    assert "puback" not in outcome and outcome["disconnect"].is_failure, outcome
+    try:
+        outcome["puback"] = delivery.wait(20)
+    except mqtt.ConnectionLost as lost:  # the broker dropped us: no PUBACK will come
+        outcome["disconnect"] = lost
+    sender.close()
+    dropped = outcome.get("disconnect")
+    assert "puback" not in outcome and isinstance(dropped, mqtt.ConnectionLost), outcome
+    assert dropped.reason_code is None or dropped.reason_code >= mqtt.REFUSED, outcome  # not a normal DISCONNECT
 
     client = mqtt_client("tenant-a")
     big_for_server = b'{"id": "big", "series": [' + b"1.0, " * (258 * 1024 // 5) + b"1.0]}"

@@ -6,6 +6,7 @@ import uuid
 
 import orjson
 import pytest
+
 from mlserving_common.mosquitto import SERVER_MAX_PAYLOAD
 
 SERIES = [20.1, 20.4, 21.0, 21.6, 22.0, 22.3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 
@@ -28,7 +29,7 @@ def test_promote_v2_under_load_switches_version_once_and_loses_nothing(
     assert result["lost"] == 0
     assert result["errors"] == []
     versions = result["versions"]
-    switches = sum(1 for a, b in zip(versions, versions[1:]) if a != b)
+    switches = sum(1 for a, b in itertools.pairwise(versions) if a != b)
     assert versions[0] == "v1" and versions[-1] == "v2", (versions[0], versions[-1])
     assert switches == 1, f"versions switched {switches} times"
     assert server.metric("mlserving_model_info", tenant="tenant-a", model="lstm", version="v2") == 1

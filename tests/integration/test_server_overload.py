@@ -83,12 +83,12 @@ class Flood:
         return errors
 
 
-def _spec(broker, tenant: str, **kwargs) -> LoadSpec:  # noqa: ANN001
+def _spec(broker, tenant: str, **kwargs) -> LoadSpec:
     user, password = broker.credentials(tenant)
     return LoadSpec(host=broker.host, port=broker.port, targets=(TenantTarget(tenant, user, password),), **kwargs)
 
 
-def flood_a_while_b_trickles(broker) -> Flood:  # noqa: ANN001
+def flood_a_while_b_trickles(broker) -> Flood:
     saturation = run_load(_spec(broker, "tenant-a", concurrency=64, duration=3.0, grace=10.0))
     assert saturation.counters.lost == 0 and saturation.throughput > 0
     flood = Flood(saturation.throughput)
@@ -111,14 +111,14 @@ def flood_a_while_b_trickles(broker) -> Flood:  # noqa: ANN001
     return flood
 
 
-def broker_drops(broker) -> list[str]:  # noqa: ANN001
+def broker_drops(broker) -> list[str]:
     """Mosquitto's log lines saying it dropped messages for a session whose queue was full."""
     path = broker.local.log_path
     text = path.read_text(errors="replace") if path.exists() else ""
     return [line for line in text.splitlines() if "Outgoing messages are being dropped" in line]
 
 
-def check(flood: Flood, peak_mib: float, layout: str, broker) -> None:  # noqa: ANN001
+def check(flood: Flood, peak_mib: float, layout: str, broker) -> None:
     limit = server_memory_limit_mib()
     b = flood.b
     assert b is not None
@@ -137,7 +137,10 @@ def check(flood: Flood, peak_mib: float, layout: str, broker) -> None:  # noqa: 
     # A loss here is the broker's (its per-session queue in front of the server overflowed): the
     # server answers everything it receives. The message names it so the two are not confused.
     assert lost == 0, f"{lost} of tenant-a's {sent} requests got no answer at all; broker: {broker_drops(broker)}"
-    assert set(errors) <= {"overloaded", "refused_by_broker"}  # refused by the server, or by the broker (tenant_backlog)
+    assert set(errors) <= {
+        "overloaded",
+        "refused_by_broker",
+    }  # refused by the server, or by the broker (tenant_backlog)
     assert answered + sum(errors.values()) == sent
     assert b.counters.sent >= B_RATE * (FLOOD_SECONDS - 3.0) * 0.9
     assert (b.counters.answered, b.counters.error_total, b.counters.lost) == (b.counters.sent, 0, 0)

@@ -62,7 +62,9 @@ def test_response_topic_and_correlation_data_are_honoured(server, mqtt_client, b
 def test_response_topic_outside_namespace_is_refused_on_default_topic(server, mqtt_client, broker):
     client = mqtt_client("tenant-a")
     request_id = uuid.uuid4().hex
-    client.send({"id": request_id, "series": SERIES}, response_topic=broker.response_topic("tenant-b"), correlation=b"x")
+    client.send(
+        {"id": request_id, "series": SERIES}, response_topic=broker.response_topic("tenant-b"), correlation=b"x"
+    )
     assert client.wait_for([request_id])
     got = client.answers[request_id][0]
     assert got.topic == broker.response_topic("tenant-a")

@@ -20,15 +20,22 @@ WRONG_PASSWORD = "wrong-password-7c1d9e0b2f"
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlserving_client", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mlserving_client", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_no_password_in_logs_metrics_or_output(broker, server_process, registry_root, tmp_path, caplog, until):
     passwords = {user.password for user in broker.users.values()} | {WRONG_PASSWORD}
     server = server_process(registry_root, log_level="debug")
     # A second server with a wrong password: its refusals are logged.
-    refused = server_process(registry_root, name="refused", wait=False, env={"MLSERVING_BROKER_PASSWORD": WRONG_PASSWORD})
+    refused = server_process(
+        registry_root, name="refused", wait=False, env={"MLSERVING_BROKER_PASSWORD": WRONG_PASSWORD}
+    )
     outputs: dict[str, str] = {}
 
     caplog.set_level(logging.DEBUG)
@@ -40,18 +47,35 @@ def test_no_password_in_logs_metrics_or_output(broker, server_process, registry_
     password_file = tmp_path / "tenant-b.password"
     password_file.write_text(broker.users["tenant-b"].password)
     runs = {
-        "cli predict": _cli("predict", *common, "--tenant", "tenant-b", "--password-file", str(password_file),
-                            *map(str, SERIES)),
-        "cli predict (env)": _cli("predict", *common, "--tenant", "tenant-a", *map(str, SERIES),
-                                  env={"MLSERVING_CLIENT_PASSWORD": password}),
-        "cli load": _cli("load", *common, "--auth", f"tenant-a:{password}", "--auth",
-                         f"tenant-b:{broker.users['tenant-b'].password}", "--rate", "50", "--count", "50", "--json"),
-        "cli wrong password": _cli("predict", *common, "--tenant", "tenant-a", "--password", WRONG_PASSWORD,
-                                   *map(str, SERIES)),
+        "cli predict": _cli(
+            "predict", *common, "--tenant", "tenant-b", "--password-file", str(password_file), *map(str, SERIES)
+        ),
+        "cli predict (env)": _cli(
+            "predict", *common, "--tenant", "tenant-a", *map(str, SERIES), env={"MLSERVING_CLIENT_PASSWORD": password}
+        ),
+        "cli load": _cli(
+            "load",
+            *common,
+            "--auth",
+            f"tenant-a:{password}",
+            "--auth",
+            f"tenant-b:{broker.users['tenant-b'].password}",
+            "--rate",
+            "50",
+            "--count",
+            "50",
+            "--json",
+        ),
+        "cli wrong password": _cli(
+            "predict", *common, "--tenant", "tenant-a", "--password", WRONG_PASSWORD, *map(str, SERIES)
+        ),
         "server --check-config": subprocess.run(
             [sys.executable, "-m", "mlserving_server", "--config", str(server.config_path), "--check-config"],
-            capture_output=True, text=True, timeout=60,
-            env={**os.environ, "MLSERVING_BROKER_PASSWORD": broker.users["server"].password}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "MLSERVING_BROKER_PASSWORD": broker.users["server"].password},
+        ),
     }
     assert runs["cli predict"].returncode == 0, runs["cli predict"].stderr
     assert runs["cli predict (env)"].returncode == 0, runs["cli predict (env)"].stderr
@@ -76,4 +100,7 @@ def test_no_password_in_logs_metrics_or_output(broker, server_process, registry_
     leaks = [(name, p[:6] + "...") for name, text in outputs.items() for p in passwords if p in text]
     assert leaks == [], f"passwords found in: {leaks}"
     sizes = {name: len(text) for name, text in outputs.items()}
-    print(f"\nsecrets: searched {len(passwords)} passwords in {len(outputs)} outputs, {sum(sizes.values())} bytes: none found")
+    print(
+        f"\nsecrets: searched {len(passwords)} passwords in {len(outputs)} outputs,"
+        f" {sum(sizes.values())} bytes: none found"
+    )

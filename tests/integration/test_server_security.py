@@ -10,7 +10,10 @@ import uuid
 import pytest
 
 from mlserving_client import Client
+from mlserving_common import mqtt
 from mlserving_common.mosquitto import make_test_certificates
+
+from mqtt_support import connect_as
 
 SERIES = [20.1, 20.4, 21.0, 21.6, 22.0, 22.3]
 NOT_AUTHORIZED = 0x87
@@ -51,22 +54,14 @@ def test_tenant_cannot_publish_on_another_tenants_topics(server_process, registr
 
 
 def test_wrong_password_is_refused(broker):
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.username_pw_set("tenant-a", "not-the-password")
-    result = {}
-    client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
-    client.connect(broker.host, broker.port)
-    deadline = time.monotonic() + 5
-    while "rc" not in result and time.monotonic() < deadline:
-        client.loop(0.1)
-    client.disconnect()
-    assert result["rc"].is_failure
+    client = connect_as(broker, "tenant-a", password="not-the-password", timeout=5)
+    client.close()
+    assert client.refused
 
 
-def test_server_connects_over_tls_and_verifies_the_broker(broker, server_process, registry_root, mqtt_client, tls_files):
+def test_server_connects_over_tls_and_verifies_the_broker(
+    broker, server_process, registry_root, mqtt_client, tls_files
+):
     server = server_process(
         registry_root,
         broker={"port": broker.local.tls_port, "tls": {"enabled": True, "ca_file": str(tls_files.ca_file)}},
@@ -96,16 +91,40 @@ def test_client_library_and_cli_over_tls_verify_the_ca(broker, server_process, r
         broker={"port": broker.local.tls_port, "tls": {"enabled": True, "ca_file": str(tls_files.ca_file)}},
     )
     user, password = broker.credentials("tenant-a")
-    with Client("127.0.0.1", broker.local.tls_port, user, password, tenant="tenant-a", tls_ca=str(tls_files.ca_file),
-                timeout=10.0) as client:
+    with Client(
+        "127.0.0.1",
+        broker.local.tls_port,
+        user,
+        password,
+        tenant="tenant-a",
+        tls_ca=str(tls_files.ca_file),
+        timeout=10.0,
+    ) as client:
         answer = client.predict(SERIES)
         assert answer.tenant == "tenant-a" and answer.model == "lstm"
     password_file = tmp_path / "tenant-a.password"
     password_file.write_text(password)
     cli = subprocess.run(
-        [sys.executable, "-m", "mlserving_client", "predict", "--host", "127.0.0.1", "--port", str(broker.local.tls_port),
-         "--tenant", "tenant-a", "--password-file", str(password_file), "--tls-ca", str(tls_files.ca_file), *map(str, SERIES)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "mlserving_client",
+            "predict",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(broker.local.tls_port),
+            "--tenant",
+            "tenant-a",
+            "--password-file",
+            str(password_file),
+            "--tls-ca",
+            str(tls_files.ca_file),
+            *map(str, SERIES),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert cli.returncode == 0, cli.stderr
     assert '"prediction"' in cli.stdout
@@ -115,31 +134,41 @@ def test_clients_refuse_a_broker_their_ca_did_not_sign(broker, tmp_path):
     other_ca = str(make_test_certificates(tmp_path / "other").ca_file)
     user, password = broker.credentials("tenant-a")
     with pytest.raises(ConnectionError):
-        Client("127.0.0.1", broker.local.tls_port, user, password, tenant="tenant-a", tls_ca=other_ca, connect_timeout=5.0)
+        Client(
+            "127.0.0.1", broker.local.tls_port, user, password, tenant="tenant-a", tls_ca=other_ca, connect_timeout=5.0
+        )
     cli = subprocess.run(
-        [sys.executable, "-m", "mlserving_client", "predict", "--host", "127.0.0.1", "--port", str(broker.local.tls_port),
-         "--tenant", "tenant-a", "--password", password, "--tls-ca", other_ca, *map(str, SERIES)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "mlserving_client",
+            "predict",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(broker.local.tls_port),
+            "--tenant",
+            "tenant-a",
+            "--password",
+            password,
+            "--tls-ca",
+            other_ca,
+            *map(str, SERIES),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert cli.returncode == 3, (cli.returncode, cli.stdout, cli.stderr)  # 3: cannot connect
 
 
 def test_plain_mqtt_client_on_the_tls_port_gets_nowhere(broker):
     """No silent downgrade: the TLS listener does not speak plain MQTT."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.username_pw_set(*broker.credentials("tenant-a"))
     connected = []
-    client.on_connect = lambda c, u, f, rc, p: connected.append(rc)
     try:
-        client.connect(broker.host, broker.local.tls_port)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and not connected:
-            client.loop(0.1)
-    except OSError:
+        client = connect_as(broker, "tenant-a", port=broker.local.tls_port, timeout=3)
+        connected.append(client.reason_code)
+        client.close()
+    except (mqtt.MqttError, TimeoutError, OSError):
         pass
-    finally:
-        client.disconnect()
-    assert not any(not rc.is_failure for rc in connected)
+    assert not any(rc < mqtt.REFUSED for rc in connected)

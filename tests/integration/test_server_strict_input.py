@@ -57,8 +57,13 @@ def test_unknown_model_names_do_not_grow_the_metrics(server_process, registry_ro
     # 18,000 more names later: the same label sets, about the same size (only counters' digits grow).
     assert label_sets(last) == label_sets(first)
     assert len(last) <= len(first) + 1024, (len(first), len(last))
-    assert server.metric("mlserving_requests_total", tenant="tenant-a", model="_unknown", outcome="unknown_model") == UNKNOWN_NAMES
-    models = {labels.get("model") for name, labels_t in label_sets(last) for labels in [dict(labels_t)] if "model" in labels}
+    assert (
+        server.metric("mlserving_requests_total", tenant="tenant-a", model="_unknown", outcome="unknown_model")
+        == UNKNOWN_NAMES
+    )
+    models = {
+        labels.get("model") for name, labels_t in label_sets(last) for labels in [dict(labels_t)] if "model" in labels
+    }
     assert models <= {"lstm", "ann", "_unknown", ""}, models
     assert not any(name in last for name in names[:50])
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_support import taylor_frame
 from mlserving_common.registry import FilesystemRegistry
 from mlserving_training import data as data_mod
 from mlserving_training.config import TrainConfig
 from mlserving_training.features import Dataset, denormalize
 from mlserving_training.pipeline import prepare, train
 from mlserving_training.runtime import predict_tflite
+
+from data_support import taylor_frame
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +35,17 @@ SERVED_WINDOWS = 12
 def day_ahead(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dataset, np.ndarray]:
     root = tmp_path_factory.mktemp("taylor")
     raw = data_mod.from_frame(taylor_frame(), "taylor")
-    config = TrainConfig(model="linear", name="day", window=WINDOW, horizon=HORIZON, calendar=True,
-                         train_fraction=0.65, val_fraction=0.15, out=str(root / "day"), plot="none").validate()
+    config = TrainConfig(
+        model="linear",
+        name="day",
+        window=WINDOW,
+        horizon=HORIZON,
+        calendar=True,
+        train_fraction=0.65,
+        val_fraction=0.15,
+        out=str(root / "day"),
+        plot="none",
+    ).validate()
     result = train(config, lambda line: None, raw)
     _, _, dataset, _ = prepare(config, raw)
     offline = np.asarray(predict_tflite(result.package_dir / "model.tflite", dataset.test.inputs))

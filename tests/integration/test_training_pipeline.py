@@ -51,8 +51,21 @@ def test_train_publish_and_serve_with_litert(
     kind: str, bts_csv: Path, registry_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     package = tmp_path / kind
-    argv = ["train", "--data", str(bts_csv), "--series", "BTS002/1", "--model", kind, "--epochs", str(EPOCHS),
-            "--patience", "0", "--out", str(package)]
+    argv = [
+        "train",
+        "--data",
+        str(bts_csv),
+        "--series",
+        "BTS002/1",
+        "--model",
+        kind,
+        "--epochs",
+        str(EPOCHS),
+        "--patience",
+        "0",
+        "--out",
+        str(package),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == [
@@ -127,8 +140,21 @@ def test_a_package_failing_parity_is_not_written(
     bts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     package = tmp_path / "pkg"
-    argv = ["train", "--data", str(bts_csv), "--model", "ann", "--epochs", "1", "--tolerance", "1e-15",
-            "--out", str(package), "--plot", "none"]
+    argv = [
+        "train",
+        "--data",
+        str(bts_csv),
+        "--model",
+        "ann",
+        "--epochs",
+        "1",
+        "--tolerance",
+        "1e-15",
+        "--out",
+        str(package),
+        "--plot",
+        "none",
+    ]
     assert main(argv) == 1
     assert "not publishing" in capsys.readouterr().err
     assert not package.exists()

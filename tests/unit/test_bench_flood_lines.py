@@ -9,8 +9,14 @@ from mlserving_bench import chartlimits, report
 
 
 def _flood(factor: float, peak: float, lost: int = 0) -> dict[str, Any]:
-    load = {"sent": 1000, "answered": 700, "errors": {"overloaded": 300 - lost}, "lost": lost,
-            "target_rate": 4000.0 * factor, "offered_rate": 3900.0 * factor}
+    load = {
+        "sent": 1000,
+        "answered": 700,
+        "errors": {"overloaded": 300 - lost},
+        "lost": lost,
+        "target_rate": 4000.0 * factor,
+        "offered_rate": 3900.0 * factor,
+    }
     return {"factor": factor, "load": load, "rss_peak_mb": peak, "limit_mb": 512.0}
 
 

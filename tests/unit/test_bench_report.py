@@ -21,18 +21,38 @@ def _load(throughput: float, **extra: Any) -> dict[str, Any]:
 
 def sample_results() -> dict[str, Any]:
     return {
-        "meta": {"started_utc": "2026-11-29T19:21:30Z", "cores": 2, "quick": True, "seconds": 61.0,
-                 "loadavg_before": [1.0, 2.0, 3.0], "loadavg_after": [1.5, 2.5, 3.5], "git": "abc123"},
+        "meta": {
+            "started_utc": "2026-11-29T19:21:30Z",
+            "cores": 2,
+            "quick": True,
+            "seconds": 61.0,
+            "loadavg_before": [1.0, 2.0, 3.0],
+            "loadavg_after": [1.5, 2.5, 3.5],
+            "git": "abc123",
+        },
         "model": {
             "lstm": {"batch1_us": 12.8, "best_batch": 64, "best_us_per_sample": 3.4},
             "ann": {"batch1_us": 3.9, "best_batch": 256, "best_us_per_sample": 0.35},
         },
-        "echo": {"load": _load(8000.0, client_cpu_us_per_request=40.0), "cpu": {"echo": 99.0, "broker": 40.0},
-                 "rounds": [7000.0, 8000.0], "median_server_cpu_us_per_request": 120.0},
+        "echo": {
+            "load": _load(8000.0, client_cpu_us_per_request=40.0),
+            "cpu": {"echo": 99.0, "broker": 40.0},
+            "rounds": [7000.0, 8000.0],
+            "median_server_cpu_us_per_request": 120.0,
+        },
         "naive": {"load": _load(4000.0), "cpu": {"naive": 100.0}, "median_server_cpu_us_per_request": 250.0},
-        "ours": {"load": _load(12000.0), "cpu": {"server": 100.0}, "server_cpu_us_per_request": 80.0,
-                 "median_server_cpu_us_per_request": 83.0,
-                 "server": {"mean_batch": 20.0, "model_us_per_sample": 4.0, "inference_share": 0.06}},
+        "naive_layer": {
+            "load": _load(10000.0),
+            "cpu": {"naive_layer": 100.0},
+            "median_server_cpu_us_per_request": 90.0,
+        },
+        "ours": {
+            "load": _load(12000.0),
+            "cpu": {"server": 100.0},
+            "server_cpu_us_per_request": 80.0,
+            "median_server_cpu_us_per_request": 83.0,
+            "server": {"mean_batch": 20.0, "model_us_per_sample": 4.0, "inference_share": 0.06},
+        },
         "latency": [
             {"fraction": 0.25, "rate": 3000.0, "load": _load(3000.0, latency={"p50_ms": 0.9, "p99_ms": 2.0})},
             {"fraction": 0.5, "rate": 6000.0, "load": _load(6000.0, latency={"p50_ms": 1.1, "p99_ms": 4.5})},
@@ -42,10 +62,23 @@ def sample_results() -> dict[str, Any]:
             {"batch": 256, "load": _load(450.0, forecasts_per_second=115_200.0)},
         ],
         "replicas2": {"load": _load(18000.0)},
-        "flood": {"load": {"sent": 100, "answered": 80, "errors": {"overloaded": 20}, "lost": 0,
-                           "target_rate": 24000.0, "offered_rate": 23000.0}},
-        "footprint": {"startup_seconds": [1.5, 1.7], "rss_mb": 90.0, "rss_peak_mb": 120.0, "image_mb": None,
-                      "image_source": "not built"},
+        "flood": {
+            "load": {
+                "sent": 100,
+                "answered": 80,
+                "errors": {"overloaded": 20},
+                "lost": 0,
+                "target_rate": 24000.0,
+                "offered_rate": 23000.0,
+            }
+        },
+        "footprint": {
+            "startup_seconds": [1.5, 1.7],
+            "rss_mb": 90.0,
+            "rss_peak_mb": 120.0,
+            "image_mb": None,
+            "image_source": "not built",
+        },
         "errors": {},
     }
 
@@ -81,8 +114,14 @@ def test_ratio_handles_missing_and_zero() -> None:
 
 @pytest.mark.parametrize(
     ("value", "threshold", "higher", "expected"),
-    [(3.0, 3.0, True, "PASS"), (2.99, 3.0, True, "FAIL"), (5.0, 5.0, False, "PASS"), (5.01, 5.0, False, "FAIL"),
-     (None, 1.0, True, "n/a"), (0, 0, False, "PASS")],
+    [
+        (3.0, 3.0, True, "PASS"),
+        (2.99, 3.0, True, "FAIL"),
+        (5.0, 5.0, False, "PASS"),
+        (5.01, 5.0, False, "FAIL"),
+        (None, 1.0, True, "n/a"),
+        (0, 0, False, "PASS"),
+    ],
 )
 def test_verdict_boundaries(value: float | None, threshold: float, higher: bool, expected: str) -> None:
     assert report.verdict(value, threshold, higher_is_better=higher) == expected
@@ -97,14 +136,36 @@ def _targets(results: dict[str, Any]) -> dict[str, report.Target]:
 
 def test_targets_from_sample_results() -> None:
     t = _targets(sample_results())
-    assert t["ours / naive"].shown == "3.00×" and t["ours / naive"].verdict == "PASS"
-    assert t["ours / echo (LSTM)"].shown == "1.50×" and t["ours / echo (LSTM)"].verdict == "PASS"
+    assert t["ours / naive on paho-mqtt"].shown == "3.00×" and t["ours / naive on paho-mqtt"].verdict == "PASS"
     assert t["p99 at 50 % of saturation"].shown == "4.50 ms" and t["p99 at 50 % of saturation"].verdict == "PASS"
     assert t["batched forecasts/s per replica"].shown == "115,200/s"  # the best batched size counts
     assert t["flood at 2× saturation: lost silently"].verdict == "PASS"
     assert t["start to ready"].shown == "1.50 s"  # the first start: a cold one
     assert t["server RSS after load"].verdict == "PASS"
     assert t["server image"].verdict == "n/a"
+
+
+def test_the_echo_ratio_is_shown_as_a_share_of_the_layers_ceiling_not_judged() -> None:
+    results = sample_results()  # 12000 / 8000: the echo stands on the same MQTT layer as our server
+    assert not any("echo" in t.name for t in report.targets(results))
+    row = {r.measurement: r for r in report.rows(results)}["ours / echo on mlserving_common.mqtt"]
+    assert (row.step, row.result, row.verdict) == ("ratios", "1.50×", "")
+    assert "share of the layer's ceiling" in row.target
+
+
+def test_both_naive_rows_say_which_mqtt_layer_they_run_on() -> None:
+    rows = {r.measurement: r for r in report.rows(sample_results())}
+    assert (
+        rows["naive on paho-mqtt: one message → one inference (the tutorial's way, naive.py --mqtt paho), req/s"].result
+        == "4,000/s"
+    )
+    assert (
+        rows["naive on mlserving_common.mqtt: one message → one inference (naive.py --mqtt layer), req/s"].result
+        == "10,000/s"
+    )
+    assert rows["naive on mlserving_common.mqtt / naive on paho-mqtt"].result == "2.50×"  # what the layer buys
+    assert rows["ours / naive on mlserving_common.mqtt"].result == "1.20×"  # what batching buys
+    assert rows["CPU per request: naive on mlserving_common.mqtt / ours"].result == "1.08×"  # 90 / 83
 
 
 def test_two_replicas_are_not_judged_on_two_cores() -> None:
@@ -135,9 +196,9 @@ def test_model_share_and_cpu_ratios() -> None:
     assert report.model_share(results) == pytest.approx(4.0 * 12000 / 1e6)
     assert report.model_share_of_cpu(results) == pytest.approx(4.0 / 80.0)
     rows = {r.measurement: r for r in report.rows(results)}
-    assert rows["CPU per request: naive / ours"].result == "3.01×"  # medians: 250 / 83
+    assert rows["CPU per request: naive on paho-mqtt / ours"].result == "3.01×"  # medians: 250 / 83
     assert rows["model share of time at saturation (sweep µs/sample at mean batch × req/s)"].result == "4.8 %"
-    assert "best of 7,000 / 8,000" in rows["echo server (no model), req/s"].target
+    assert "best of 7,000 / 8,000" in rows["echo on mlserving_common.mqtt (no model), req/s"].target
     flood = next(r for r in report.rows(results) if r.step == "7 flood")
     assert flood.result == "sent 100: answered 80, rejected overloaded 20, lost 0"
 

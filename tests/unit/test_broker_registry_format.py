@@ -14,7 +14,9 @@ from mlserving_common.registry import RegistryError
 
 
 def test_location_carries_everything_but_the_password() -> None:
-    loc = BrokerLocation.parse("mqtts://ml-trainer@broker.ml.svc:8884/ml?password_file=/p&ca_file=/ca.crt&seed=/models&cache=/tmp/r")
+    loc = BrokerLocation.parse(
+        "mqtts://ml-trainer@broker.ml.svc:8884/ml?password_file=/p&ca_file=/ca.crt&seed=/models&cache=/tmp/r"
+    )
     assert (loc.host, loc.port, loc.prefix, loc.username, loc.tls) == ("broker.ml.svc", 8884, "ml", "ml-trainer", True)
     assert (loc.password_file, loc.ca_file, loc.seed, loc.cache) == ("/p", "/ca.crt", "/models", "/tmp/r")
     assert BrokerLocation.parse("mqtt://127.0.0.1/ml").port == 1883

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mlserving_client import cli
 from mlserving_client.config import ConfigError, resolve
 from mlserving_client.load import MAX_DURATION_S, LoadSpec, TenantTarget, request_templates
@@ -26,8 +27,9 @@ def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_module_entry_point_has_help() -> None:
-    result = subprocess.run([sys.executable, "-m", "mlserving_client", "load", "--help"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlserving_client", "load", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "--concurrency" in result.stdout
 
 
@@ -52,12 +54,23 @@ def test_load_needs_a_mode(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_load_rate_and_concurrency_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "not allowed" in usage_error(["load", "--tenant", "a", "--rate", "1", "--concurrency", "2",
-                                         "--count", "1"], capsys)
+    assert "not allowed" in usage_error(
+        ["load", "--tenant", "a", "--rate", "1", "--concurrency", "2", "--count", "1"], capsys
+    )
 
 
-@pytest.mark.parametrize("flag,value", [("--rate", "0"), ("--rate", "-5"), ("--rate", "x"), ("--concurrency", "0"),
-                                        ("--batch", "0"), ("--count", "-1"), ("--grace", "-1")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--rate", "0"),
+        ("--rate", "-5"),
+        ("--rate", "x"),
+        ("--concurrency", "0"),
+        ("--batch", "0"),
+        ("--count", "-1"),
+        ("--grace", "-1"),
+    ],
+)
 def test_load_rejects_bad_numbers(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["load", "--tenant", "a", "--count", "5"]
     argv += [flag, value] if flag in ("--rate", "--concurrency") else ["--rate", "1", flag, value]
@@ -82,9 +95,28 @@ def test_load_auth_must_name_a_loaded_tenant(capsys: pytest.CaptureFixture[str])
 def test_load_spec_maps_tenants_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLSERVING_CLIENT_PASSWORD", "from-env")
     args = cli.build_parser().parse_args(
-        ["load", "--port", "1999", "--tenant", "tenant-a", "--tenant", "tenant-b", "--tenant", "tenant-c",
-         "--auth", "tenant-a:secret-a", "--auth", "tenant-b=robot:secret:b", "--concurrency", "6",
-         "--duration", "2", "--batch", "8"])
+        [
+            "load",
+            "--port",
+            "1999",
+            "--tenant",
+            "tenant-a",
+            "--tenant",
+            "tenant-b",
+            "--tenant",
+            "tenant-c",
+            "--auth",
+            "tenant-a:secret-a",
+            "--auth",
+            "tenant-b=robot:secret:b",
+            "--concurrency",
+            "6",
+            "--duration",
+            "2",
+            "--batch",
+            "8",
+        ]
+    )
     spec = cli.load_spec(args)
     assert spec.port == 1999 and spec.concurrency == 6 and spec.batch == 8 and spec.duration == 2
     assert spec.targets == (
@@ -98,17 +130,20 @@ def test_load_engine_and_loopback() -> None:
     parse = cli.build_parser().parse_args
     spec = cli.load_spec(parse(["load", "--auth", "x:1", "--rate", "5", "--count", "3"]))
     assert (spec.engine, spec.resolved_engine, spec.loopback) == ("auto", "lean", False)
-    spec = cli.load_spec(parse(["load", "--auth", "x:1", "--rate", "5", "--count", "3", "--qos", "2"]))
-    assert spec.resolved_engine == "paho"
-    spec = cli.load_spec(parse(["load", "--auth", "x:1", "--rate", "5", "--count", "3", "--engine", "paho",
-                                "--loopback"]))
-    assert (spec.resolved_engine, spec.loopback) == ("paho", True)
+    spec = cli.load_spec(parse(["load", "--auth", "x:1", "--rate", "5", "--count", "3", "--tls-ca", __file__]))
+    assert spec.resolved_engine == "lean"  # TLS no longer needs another engine
+    spec = cli.load_spec(
+        parse(["load", "--auth", "x:1", "--rate", "5", "--count", "3", "--engine", "reconnect", "--loopback"])
+    )
+    assert (spec.resolved_engine, spec.loopback) == ("reconnect", True)
 
 
-def test_lean_engine_refuses_qos_2(capsys: pytest.CaptureFixture[str]) -> None:
-    err = usage_error(["load", "--auth", "x:1", "--rate", "5", "--count", "3", "--qos", "2", "--engine", "lean"],
-                      capsys)
-    assert "engine" in err
+def test_qos_2_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """The connection layer speaks QoS 0 and 1 only."""
+    err = usage_error(["load", "--auth", "x:1", "--rate", "5", "--count", "3", "--qos", "2"], capsys)
+    assert "qos" in err
+    with pytest.raises(ValueError, match=r"^qos"):
+        LoadSpec(host="h", port=1, targets=(TenantTarget("a"),), rate=1, count=1, qos=2).validate()
 
 
 def test_load_tenants_default_to_the_auth_list() -> None:
@@ -152,15 +187,15 @@ def test_password_sources(tmp_path: Path) -> None:
 
 
 def test_config_errors_name_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="^port"):
+    with pytest.raises(ConfigError, match=r"^port"):
         resolve({}, env={"MLSERVING_CLIENT_PORT": "eighty"})
-    with pytest.raises(ConfigError, match="^port"):
+    with pytest.raises(ConfigError, match=r"^port"):
         resolve({"port": 70000}, env={})
-    with pytest.raises(ConfigError, match="^password_file"):
+    with pytest.raises(ConfigError, match=r"^password_file"):
         resolve({"password_file": str(tmp_path / "missing")}, env={})
-    with pytest.raises(ConfigError, match="^tenant"):
+    with pytest.raises(ConfigError, match=r"^tenant"):
         resolve({"tenant": "a/b"}, env={})
-    with pytest.raises(ConfigError, match="^tls_ca"):
+    with pytest.raises(ConfigError, match=r"^tls_ca"):
         resolve({"tls_ca": str(tmp_path / "missing.pem")}, env={})
 
 

@@ -1,24 +1,13 @@
-"""PubackTracker: a PUBACK is matched to its request whichever comes first, the ack or publish()'s mid."""
+"""A broker's refusal of a request's PUBLISH is reported with its PUBACK reason code, by number and name.
+
+Which request a PUBACK belongs to needs no bookkeeping of ours any more: the connection layer
+hands each PUBACK back with the Delivery of its publish, which carries the request
+(tests/integration/test_client_broker_refusals.py checks the whole path against the broker).
+"""
 
 from __future__ import annotations
 
 from mlserving_client import transport
-
-
-def test_ack_after_the_mid_is_known_returns_the_request() -> None:
-    tracker: transport.PubackTracker[str] = transport.PubackTracker()
-    assert tracker.sent(7, "req-7") is None
-    assert tracker.acked(7, 0x87) == "req-7"
-    assert len(tracker) == 0
-
-
-def test_ack_before_publish_returned_is_kept_for_sent() -> None:
-    """paho may call on_publish before publish() hands the mid back: the code waits for sent()."""
-    tracker: transport.PubackTracker[str] = transport.PubackTracker()
-    assert tracker.acked(9, 0x87) is None
-    assert tracker.sent(9, "req-9") == 0x87
-    assert tracker.acked(9, 0) is None and tracker.sent(9, "req-9b") == 0  # a reused mid starts afresh
-    assert len(tracker) == 0
 
 
 def test_refusal_message_names_the_reason_code() -> None:

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from mlserving_client.stats import Counters, LatencyRecorder, percentile, rate, summarize_ns
 
 
@@ -64,7 +65,15 @@ def test_counters_merge_and_totals() -> None:
     a = Counters(sent=10, answered=7, errors=Counter({"overloaded": 2}), lost=1, duplicates=1)
     b = Counters(sent=6, answered=4, errors=Counter({"overloaded": 1, "internal": 1}), unexpected=2)
     a.merge(b)
-    assert (a.sent, a.answered, a.error_total, a.replied, a.lost, a.duplicates, a.unexpected) == (16, 11, 4, 15, 1, 1, 2)
+    assert (a.sent, a.answered, a.error_total, a.replied, a.lost, a.duplicates, a.unexpected) == (
+        16,
+        11,
+        4,
+        15,
+        1,
+        1,
+        2,
+    )
     assert a.to_dict()["errors"] == {"internal": 1, "overloaded": 3}
     assert a.sent == a.answered + a.error_total + a.lost
 

@@ -1,71 +1,45 @@
-"""The pre-packed PUBLISH properties must be byte-for-byte what paho's Properties would send."""
+"""The one connection setup of the library and the load generator: session, window, TLS, reconnects."""
 
 from __future__ import annotations
 
 import pytest
-from mlserving_client import leanmqtt, transport
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties, VariableByteIntegers
+
+from mlserving_client import transport
+from mlserving_common import mqtt
+from mlserving_common.mosquitto import TlsFiles
 
 
-@pytest.mark.parametrize(
-    "topic,correlation",
-    [("ml/tenant-a/responses/mlc-0123456789ab", b"0f" * 16), ("t" * 300, b"c" * 200), ("ü/ñ", b""), ("x", b"\x00\xff")],
-)
-def test_packed_properties_match_paho(topic: str, correlation: bytes) -> None:
-    reference = Properties(PacketTypes.PUBLISH)
-    reference.ResponseTopic = topic
-    reference.CorrelationData = correlation
-    assert transport.publish_properties(topic, correlation).pack() == reference.pack()
-    field = transport.response_topic_field(topic)
-    assert transport.PublishProperties(topic, correlation, field).pack() == reference.pack()
+def test_connect_options_ask_for_a_clean_session_and_a_large_window() -> None:
+    options = transport.connect_options("h", 1884, "tenant-a:mlc-1", "tenant-a", "pw", connect_timeout=3.0)
+    assert (options.host, options.port, options.client_id) == ("h", 1884, "tenant-a:mlc-1")
+    assert (options.username, options.password) == ("tenant-a", "pw")
+    assert options.clean_start and options.session_expiry == 0
+    assert options.receive_maximum == transport.RECEIVE_MAXIMUM == 65535
+    assert options.connect_timeout == 3.0 and options.tls_context() is None
 
 
-def test_packed_properties_parse_back() -> None:
-    packed = transport.publish_properties("ml/a/responses/c1", b"id-1").pack()
-    parsed = Properties(PacketTypes.PUBLISH)
-    parsed.unpack(packed)
-    assert (parsed.ResponseTopic, parsed.CorrelationData) == ("ml/a/responses/c1", b"id-1")
+def test_the_library_reconnects_and_the_lean_load_engine_fails_fast() -> None:
+    assert transport.connect_options("h", 1, "c", None, None).reconnect == mqtt.Backoff(0.1, 2.0)
+    assert transport.connect_options("h", 1, "c", None, None, reconnect=False).reconnect is None
 
 
-def test_oversized_correlation_is_refused() -> None:
-    with pytest.raises(ValueError, match="correlation"):
-        transport.publish_properties("t", b"x" * 70000)
+def test_tls_ca_turns_on_verified_tls(tls_files: TlsFiles) -> None:
+    context = transport.connect_options("127.0.0.1", 8883, "c", "u", "p", tls_ca=str(tls_files.ca_file)).tls_context()
+    assert context is not None and context.check_hostname
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_supported_qos(qos: int) -> None:
+    transport.check_qos(qos)
+
+
+@pytest.mark.parametrize("qos", [2, -1])
+def test_unsupported_qos_names_the_field(qos: int) -> None:
+    with pytest.raises(ValueError, match=r"^qos"):
+        transport.check_qos(qos)
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a+", "#"])
 def test_topic_level_check(bad: str) -> None:
-    with pytest.raises(ValueError, match="^tenant"):
+    with pytest.raises(ValueError, match=r"^tenant"):
         transport.check_topic_level(bad, "tenant")
-
-
-# -- leanmqtt, the load generator's minimal MQTT v5 client --------------------------------------
-
-
-@pytest.mark.parametrize("value", [0, 1, 127, 128, 16383, 16384, 2_097_151, 2_097_152, 268_435_455])
-def test_varint_matches_paho(value: int) -> None:
-    encoded = leanmqtt.varint(value)
-    assert encoded == VariableByteIntegers.encode(value)
-    assert leanmqtt._read_varint(encoded, 0) == (value, len(encoded))
-
-
-def test_property_parser_reads_what_paho_packs() -> None:
-    props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic = "ml/a/responses/c"
-    props.CorrelationData = b"id-7"
-    props.MessageExpiryInterval = 60
-    props.UserProperty = [("k", "v")]
-    packed = props.pack()
-    length, pos = leanmqtt._read_varint(packed, 0)
-    parsed = leanmqtt._properties(packed, pos, pos + length)
-    assert parsed[8] == b"ml/a/responses/c" and parsed[9] == b"id-7" and parsed[2] == 60
-
-
-def test_connect_packet_layout() -> None:
-    pkt = leanmqtt.encode_connect("cid", "user", "pw", 30)
-    assert pkt[0] == 0x10
-    length, pos = leanmqtt._read_varint(pkt, 1)
-    body = pkt[pos:]
-    assert len(body) == length
-    assert body[:7] == b"\x00\x04MQTT\x05" and body[7] == 0xC2  # user, password, clean start
-    assert body.endswith(b"\x00\x03cid\x00\x04user\x00\x02pw")

@@ -28,17 +28,26 @@ from hypothesis import strategies as st
 
 from mlserving_common.package import METADATA_FILE, MODEL_FILE, Metadata, PackageError, read_metadata, verify_package
 
-settings.register_profile("ci", max_examples=150, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.register_profile("fuzz", max_examples=5000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=5000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # LiteRT examples cost a fork and a model load each: fewer of them.
 LITERT_EXAMPLES = max(10, PROFILE.max_examples // 3)
 
-SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12))
-JSON = st.recursive(SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                    max_leaves=8)
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+JSON = st.recursive(
+    SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=8
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +65,7 @@ def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
     found = [prefix] if prefix else []
     if isinstance(node, dict):
         for key, value in node.items():
-            found += _paths(value, prefix + (key,))
+            found += _paths(value, (*prefix, key))
     return found
 
 
@@ -129,9 +138,21 @@ def test_garbled_metadata_file_is_refused_or_valid(good_package, tmp_path_factor
         event("refused")
 
 
-@pytest.mark.parametrize("damage", ["no metadata", "no model", "metadata is a directory", "model is a directory",
-                                    "empty model", "truncated model", "bit flip", "metadata not an object",
-                                    "metadata not utf-8", "deeply nested metadata"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "no metadata",
+        "no model",
+        "metadata is a directory",
+        "model is a directory",
+        "empty model",
+        "truncated model",
+        "bit flip",
+        "metadata not an object",
+        "metadata not utf-8",
+        "deeply nested metadata",
+    ],
+)
 def test_damaged_package_files_are_refused(good_package, tmp_path, damage) -> None:
     package = tmp_path / "pkg"
     shutil.copytree(good_package, package)
@@ -200,7 +221,9 @@ def _repackage(package: Path, model_bytes: bytes, metadata: dict[str, Any]) -> N
     shutil.rmtree(package, ignore_errors=True)
     package.mkdir(parents=True)
     (package / MODEL_FILE).write_bytes(model_bytes)
-    (package / METADATA_FILE).write_text(json.dumps({**metadata, "model_sha256": hashlib.sha256(model_bytes).hexdigest()}))
+    (package / METADATA_FILE).write_text(
+        json.dumps({**metadata, "model_sha256": hashlib.sha256(model_bytes).hexdigest()})
+    )
 
 
 @settings(PROFILE, max_examples=LITERT_EXAMPLES)
@@ -224,7 +247,9 @@ def test_damaged_model_with_matching_checksum_is_refused_or_loads_never_crashes(
     assert runtime.window == good_metadata["window"]
 
 
-def test_probe_refuses_what_model_runtime_refuses_and_passes_good_packages(good_package, good_metadata, tmp_path) -> None:
+def test_probe_refuses_what_model_runtime_refuses_and_passes_good_packages(
+    good_package, good_metadata, tmp_path
+) -> None:
     from mlserving_server import sandbox
 
     sandbox.probe(good_package, 8)  # the real model loads and warms up in the child
@@ -256,10 +281,13 @@ def test_probe_refuses_what_model_runtime_refuses_and_passes_good_packages(good_
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("litert-segfault.tflite.gz", "LiteRT crashed loading it (SIGSEGV)"),  # zeroed operator table
-    ("litert-23gb-alloc.tflite.gz", "warm-up inference failed"),  # asked for 23 GB: OOM killer without the cap
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("litert-segfault.tflite.gz", "LiteRT crashed loading it (SIGSEGV)"),  # zeroed operator table
+        ("litert-23gb-alloc.tflite.gz", "warm-up inference failed"),  # asked for 23 GB: OOM killer without the cap
+    ],
+)
 @pytest.mark.parametrize("child", ["fork", "fresh interpreter"])
 def test_models_that_kill_litert_are_refused_and_this_process_survives(good_metadata, tmp_path, name, reason, child):
     import gzip

@@ -29,7 +29,9 @@ settings.register_profile("fuzz", max_examples=20_000, deadline=None, suppress_h
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # JSON values of any shape, biased towards the keys and value kinds the parser looks at.
-KEYS = st.sampled_from(["id", "series", "instances", "model", "series_id", "v", *protocol.LEGACY_KEYS]) | st.text(max_size=8)
+KEYS = st.sampled_from(["id", "series", "instances", "model", "series_id", "v", *protocol.LEGACY_KEYS]) | st.text(
+    max_size=8
+)
 SCALARS = (
     st.none()
     | st.booleans()
@@ -90,7 +92,7 @@ def test_request_shaped_objects_are_parsed_or_refused(extra: dict, shape: str) -
     if shape == "instances":
         body = {"id": "fuzz", "instances": [[1.0, 2.0], [3.0, 4.0]]}
     elif shape == "legacy":
-        body = {key: 0.5 for key in protocol.LEGACY_KEYS}
+        body = dict.fromkeys(protocol.LEGACY_KEYS, 0.5)
     elif shape == "none":
         body = {}
     body.update(extra)
@@ -102,7 +104,7 @@ def test_request_shaped_objects_are_parsed_or_refused(extra: dict, shape: str) -
 def test_mutated_valid_payloads_are_parsed_or_refused(noise: bytes, where: int) -> None:
     valid = protocol.encode_request([20.1, 20.4, 21.0, 21.6, 22.0, 22.3], request_id="abc", model="lstm")
     cut = where % (len(valid) + 1)
-    check_outcome(valid[:cut] + noise + valid[cut + len(noise):])
+    check_outcome(valid[:cut] + noise + valid[cut + len(noise) :])
 
 
 @PROFILE
@@ -110,7 +112,9 @@ def test_mutated_valid_payloads_are_parsed_or_refused(noise: bytes, where: int) 
     st.one_of(st.none(), TEXT),
     st.one_of(
         st.tuples(st.just("series"), st.lists(FINITE, min_size=1, max_size=32)),
-        st.tuples(st.just("instances"), st.lists(st.lists(FINITE, min_size=1, max_size=8), min_size=1, max_size=MAX_INSTANCES)),
+        st.tuples(
+            st.just("instances"), st.lists(st.lists(FINITE, min_size=1, max_size=8), min_size=1, max_size=MAX_INSTANCES)
+        ),
     ),
     st.one_of(st.none(), TEXT),
     st.one_of(st.none(), TEXT),

@@ -28,9 +28,18 @@ def test_refuses_a_candidate_worse_than_serving_and_accepts_a_better_one():
     assert not worse.passed and "not better than serving v3" in worse.reason
     better = decide(candidate=0.90, naive=1.50, serving=1.00, margin=0.0, serving_version="v3", windows=100)
     assert better.passed and "beats serving v3" in better.reason
-    assert better.to_dict() == {"passed": True, "reason": better.reason, "candidate_mae": 0.9, "naive_mae": 1.5,
-                                "serving_mae": 1.0, "serving_version": "v3", "margin": 0.0, "windows": 100,
-                                "baselines": {"naive": 1.5}, "forced": False}
+    assert better.to_dict() == {
+        "passed": True,
+        "reason": better.reason,
+        "candidate_mae": 0.9,
+        "naive_mae": 1.5,
+        "serving_mae": 1.0,
+        "serving_version": "v3",
+        "margin": 0.0,
+        "windows": 100,
+        "baselines": {"naive": 1.5},
+        "forced": False,
+    }
     assert "PASS" in better.line() and "REFUSED" in worse.line()
 
 
@@ -100,8 +109,9 @@ def test_gate_and_records_settings_are_validated_by_name():
 
 
 def test_chart_quality_gate_margin_is_a_trainer_setting():
-    config = TrainConfig().merged({"gate_margin": "0.05", "gate": "false", "records": "yes",
-                                   "tenants": "tenant-a, tenant-b"}, source="test")
+    config = TrainConfig().merged(
+        {"gate_margin": "0.05", "gate": "false", "records": "yes", "tenants": "tenant-a, tenant-b"}, source="test"
+    )
     assert (config.gate_margin, config.gate, config.records) == (0.05, False, True)
     assert config.tenants == ["tenant-a", "tenant-b"]
     assert config.session_client_id == "ml-trainer:trainer-lstm"

@@ -118,8 +118,9 @@ def _guard(**settings):
     rolled: list[tuple] = []
     notified: list[dict] = []
     config = AutoRollbackConfig(**{"margin": 0.2, "min_scored": 20, **settings})
-    guard = RollbackGuard(config, scores, lambda *args: rolled.append(args) or True,
-                          lambda figures: notified.append(figures))
+    guard = RollbackGuard(
+        config, scores, lambda *args: rolled.append(args) or True, lambda figures: notified.append(figures)
+    )
     return guard, scores, rolled, notified
 
 
@@ -148,12 +149,12 @@ def test_guard_rolls_back_a_worse_new_version_and_keeps_a_good_one():
 
 
 def test_guard_needs_a_baseline_and_can_be_disabled():
-    guard, scores, rolled, _ = _guard()
+    guard, scores, _, _ = _guard()
     for _ in range(5):
         scores.add(("t", "m", "v1", SERVING), 1.0)
     guard.on_swap("t", "m", "current", _Runtime("v1"), _Runtime("v2"))  # 5 < min_scored: no baseline
     assert guard.watching() == {}
-    guard, scores, rolled, _ = _guard(enabled=False)
+    guard, scores, _, _ = _guard(enabled=False)
     for _ in range(50):
         scores.add(("t", "m", "v1", SERVING), 1.0)
     guard.on_swap("t", "m", "current", _Runtime("v1"), _Runtime("v2"))
@@ -183,8 +184,13 @@ BASE = {"tenants": {"a": {"models": {"lstm": "current", "ann": "v1"}, "default_m
 
 
 def test_lifecycle_settings_shadow_and_record_are_validated_by_name():
-    config = parse_config({**BASE, "lifecycle": {"drift": {"error_factor": 2.0}, "auto_rollback": {"margin": 0.1}},
-                           "tenants": {"a": {**BASE["tenants"]["a"], "shadow": {"lstm": "v3"}, "record": True}}})
+    config = parse_config(
+        {
+            **BASE,
+            "lifecycle": {"drift": {"error_factor": 2.0}, "auto_rollback": {"margin": 0.1}},
+            "tenants": {"a": {**BASE["tenants"]["a"], "shadow": {"lstm": "v3"}, "record": True}},
+        }
+    )
     assert config.lifecycle.drift.error_factor == 2.0 and config.lifecycle.auto_rollback.margin == 0.1
     assert config.lifecycle.live_accuracy.window == 500
     assert config.tenants["a"].shadow == {"lstm": "v3"} and config.tenants["a"].record is True

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mlserving_common import protocol
+from mlserving_common.series import overlap_shift
 from mlserving_training.cleaning import clean_series
 from mlserving_training.generate import generate_bts, inject_level_shift
-from mlserving_common.series import actual_for, overlap_shift
 from mlserving_training.records import SeriesHistory, history_rows, stitch
-
-import pandas as pd
 
 READINGS = [float(v) for v in np.round(np.random.default_rng(3).normal(20, 2, 120), 3)]
 
@@ -91,8 +90,9 @@ def test_rows_become_a_cleaned_series_with_segments_split():
 
 
 def test_record_contract_round_trips_and_topics_are_safe():
-    payload = protocol.encode_record("tenant-a", "BTS001/1", "lstm", [(1.0, 2.0), (2.0, 3.0)], at=12.5,
-                                     source="server-1", seq=7)
+    payload = protocol.encode_record(
+        "tenant-a", "BTS001/1", "lstm", [(1.0, 2.0), (2.0, 3.0)], at=12.5, source="server-1", seq=7
+    )
     body = protocol.decode_record(payload)
     assert body["windows"] == [[1.0, 2.0], [2.0, 3.0]] and body["t"] == 12.5 and body["series_id"] == "BTS001/1"
     assert (body["src"], body["seq"]) == ("server-1", 7)

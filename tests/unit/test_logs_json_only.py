@@ -47,8 +47,9 @@ def test_warnings_and_uncaught_exceptions_are_json_lines() -> None:
 def test_an_invalid_server_config_is_one_json_line_naming_the_field(tmp_path) -> None:
     config = tmp_path / "server.yaml"
     config.write_text("tenants: {a: {models: {lstm: current}, legacy: {mean: 1}}}\n")
-    proc = subprocess.run([sys.executable, "-m", "mlserving_server", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlserving_server", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     (line,) = proc.stderr.splitlines()
     record = orjson.loads(line)

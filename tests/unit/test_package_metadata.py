@@ -94,7 +94,9 @@ def test_each_bad_value_is_refused_naming_its_field(path: str, value: Any, named
         Metadata.from_dict(_set(good_dict(), path, value))
 
 
-@pytest.mark.parametrize("field", ["name", "version", "created_at", "window", "normalization", "input", "output", "model_sha256"])
+@pytest.mark.parametrize(
+    "field", ["name", "version", "created_at", "window", "normalization", "input", "output", "model_sha256"]
+)
 def test_missing_required_field_is_refused(field: str) -> None:
     raw = good_dict()
     del raw[field]

@@ -6,7 +6,7 @@ import pytest
 
 from mlserving_client import transport
 from mlserving_common import protocol
-from mlserving_training.config import TrainConfig, ConfigError
+from mlserving_training.config import ConfigError, TrainConfig
 
 
 def test_ids_are_owned_by_the_username_and_unguessable():
@@ -34,5 +34,5 @@ def test_ids_stay_valid_topic_levels_and_broker_sized():
 def test_the_trainers_session_id_is_stable_and_owned_by_its_login():
     config = TrainConfig(model="lstm", broker_username="ml-trainer")
     assert config.session_client_id == "ml-trainer:trainer-lstm"
-    with pytest.raises(ConfigError, match="^client_id:"):
+    with pytest.raises(ConfigError, match=r"^client_id:"):
         TrainConfig(model="lstm", client_id="mlserving-trainer-lstm").validate()

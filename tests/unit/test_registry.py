@@ -6,7 +6,6 @@ parses a .tflite, so no TensorFlow is needed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -21,25 +20,13 @@ from mlserving_common import registry as registry_mod
 from mlserving_common.package import (
     METADATA_FILE,
     MODEL_FILE,
-    Metadata,
-    Normalization,
     PackageError,
-    TensorSpec,
     verify_package,
-    write_package,
 )
-from mlserving_common.registry import FilesystemRegistry, Registry, RegistryError, open_registry
+from mlserving_common.registries import open_registry
+from mlserving_common.registry import FilesystemRegistry, Registry, RegistryError
 
-
-def make_package(where: Path, name: str = "lstm", payload: bytes = b"model", size: int = 0) -> Path:
-    model = payload + b"\0" * size
-    metadata = Metadata(
-        name=name, version="v0", created_at="2026-01-01T00:00:00Z", window=6,
-        normalization=Normalization(0.0, 1.0), input=TensorSpec([-1, 6]), output=TensorSpec([-1, 1]),
-        model_sha256=hashlib.sha256(model).hexdigest(),
-    )
-    write_package(where, model, metadata)
-    return where
+from model_support import make_package
 
 
 @pytest.fixture
@@ -270,7 +257,9 @@ def test_concurrent_publishers_never_reuse_a_version(registry: FilesystemRegistr
         "reg = R(sys.argv[1])\nprint(' '.join(reg.publish(Path(sys.argv[2])) for _ in range(10)))"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(registry.root), str(pkg)], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(registry.root), str(pkg)], stdout=subprocess.PIPE, text=True
+        )
         for _ in range(3)
     ]
     assigned = []

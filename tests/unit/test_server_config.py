@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -84,15 +86,23 @@ def test_env_overrides_deploy_time_settings(tmp_path):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda r: r["tenants"]["tenant-a"]["models"].update(lstm="x"),
-         "tenants.tenant-a.models.lstm: version 'x' must be 'current' or vN"),
+        (
+            lambda r: r["tenants"]["tenant-a"]["models"].update(lstm="x"),
+            "tenants.tenant-a.models.lstm: version 'x' must be 'current' or vN",
+        ),
         (lambda r: r["tenants"]["tenant-a"].update(models={}), "tenants.tenant-a.models:"),
         (lambda r: r["tenants"]["legacy"].update(default_model="gpt"), "tenants.legacy.default_model:"),
         (lambda r: r["tenants"]["legacy"].pop("default_model"), "tenants.legacy.default_model: required"),
         (lambda r: r["tenants"]["tenant-a"].update(request_topic="ml/+/requests"), "tenants.tenant-a.request_topic:"),
-        (lambda r: r["tenants"]["legacy"].update(request_topic="ml/tenant-a/requests"), "tenants.legacy.request_topic:"),
+        (
+            lambda r: r["tenants"]["legacy"].update(request_topic="ml/tenant-a/requests"),
+            "tenants.legacy.request_topic:",
+        ),
         (lambda r: r["tenants"]["legacy"].update(response_topic="ml/tenant-a/responses/x"), "response_topic:"),
-        (lambda r: r["tenants"]["tenant-a"].update(rate_limit={"per_second": -1}), "tenants.tenant-a.rate_limit.per_second"),
+        (
+            lambda r: r["tenants"]["tenant-a"].update(rate_limit={"per_second": -1}),
+            "tenants.tenant-a.rate_limit.per_second",
+        ),
         (lambda r: r["tenants"]["tenant-a"].update(colour="blue"), "tenants.tenant-a.colour: unknown field"),
         (lambda r: r["tenants"].update({"Bad Name": {"models": {"lstm": "current"}}}), "tenants.Bad Name:"),
         (lambda r: r.update(tenants={}), "tenants: at least one tenant"),
@@ -128,7 +138,7 @@ def test_bad_env_value_names_the_field():
 def test_unreadable_password_file_names_the_field(tmp_path):
     raw = base()
     raw["broker"]["password_file"] = str(tmp_path / "missing")
-    with pytest.raises(ConfigError, match="broker.password_file"):
+    with pytest.raises(ConfigError, match=re.escape("broker.password_file")):
         parse_config(raw)
 
 
@@ -155,3 +165,58 @@ def test_check_config_cli_prints_effective_settings_without_secrets(tmp_path, ca
     path.write_text(yaml.safe_dump(raw))
     assert main(["--config", str(path), "--check-config"]) == 2
     assert "qos: 5" in capsys.readouterr().err
+
+
+def camel(value):
+    """CHART_SHAPE as the chart renders it: every key of a setting in camelCase (data keys stay)."""
+    from pydantic.alias_generators import to_camel
+
+    if isinstance(value, dict):
+        return {(to_camel(k) if "_" in k and k.islower() else k): camel(v) for k, v in value.items()}
+    return value
+
+
+def test_camel_case_keys_read_as_the_snake_case_ones():
+    assert camel(base())["tenants"]["legacy"]["defaultModel"] == "ann"
+    assert parse_config(camel(base())) == parse_config(base())
+
+
+def test_env_overrides_land_on_the_spelling_the_file_uses():
+    raw = camel(base())
+    raw["logLevel"] = "warning"
+    config = parse_config(raw, {"MLSERVING_LOG_LEVEL": "debug", "MLSERVING_HTTP_PORT": "9090"})
+    assert (config.log_level, config.http.port) == ("debug", 9090)
+
+
+@pytest.mark.parametrize(
+    "lifecycle, message",
+    [
+        # Values the chart used to accept while the server refused them at start (crash loop).
+        ({"liveAccuracy": {"maxSeries": 20000000}}, "lifecycle.live_accuracy.max_series: 20000000 must be <= 10000000"),
+        (
+            {"drift": {"minScored": 1000}},
+            "lifecycle.drift.min_scored: 1000 must be <= lifecycle.live_accuracy.window (500)",
+        ),
+        (
+            {"autoRollback": {"minScored": 1000}},
+            "lifecycle.auto_rollback.min_scored: 1000 must be <= lifecycle.live_accuracy.window (500)",
+        ),
+    ],
+)
+def test_lifecycle_bounds_name_the_field_and_the_bound(lifecycle, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config({**base(), "lifecycle": lifecycle})
+    assert str(error.value) == message
+
+
+def test_numbers_helm_writes_in_exponent_form_are_numbers(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(CHART_SHAPE + "lifecycle:\n  autoRollback: {margin: 1e-07}\n")
+    assert load_config(path, env={}).lifecycle.auto_rollback.margin == 1e-07
+
+
+def test_limits_bounds_name_the_field_at_fault():
+    raw = base()
+    raw["limits"]["max_pending_bytes"] = 1000
+    with pytest.raises(ConfigError, match=r"^limits\.max_pending_bytes: 1000 must be >= limits\.max_payload_bytes"):
+        parse_config(raw)

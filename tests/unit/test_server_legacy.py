@@ -62,4 +62,4 @@ def test_legacy_settings_are_validated(settings, message) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         parse_config({"tenants": {"t": {"models": {"lstm": "current"}, "legacy": settings}}})
     config = parse_config({"tenants": {"t": {"models": {"lstm": "current"}, "legacy": {"mean": 3, "scale": 2}}}})
-    assert config.tenants["t"].legacy == LegacyConfig(3.0, 2.0)
+    assert config.tenants["t"].legacy == LegacyConfig(mean=3.0, scale=2.0)

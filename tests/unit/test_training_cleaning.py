@@ -31,7 +31,7 @@ def test_clean_input_passes_unchanged() -> None:
 
 
 def test_bad_timestamps_are_dropped() -> None:
-    data = hourly([1, 2, 3, 4]) + [("", 5), ("yesterday", 6), ("inf", 7)]
+    data = [*hourly([1, 2, 3, 4]), ("", 5), ("yesterday", 6), ("inf", 7)]
     series, report = clean_series(rows(data))
     assert report.dropped["bad_timestamp"] == 3
     assert series.values.tolist() == [1, 2, 3, 4]
@@ -72,7 +72,7 @@ def test_unsorted_rows_are_sorted_and_counted() -> None:
 
 
 def test_duplicate_timestamps_keep_the_last_row() -> None:
-    data = hourly([1, 2, 3]) + [(T0 + H, 20), (T0 + H, 200)]
+    data = [*hourly([1, 2, 3]), (T0 + H, 20), (T0 + H, 200)]
     series, report = clean_series(rows(data))
     assert report.dropped["duplicate_timestamp"] == 2
     assert series.values.tolist() == [1, 200, 3]

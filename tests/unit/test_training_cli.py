@@ -42,15 +42,26 @@ def test_generate_writes_a_bts_csv(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def _package(where: Path, payload: bytes) -> Path:
     metadata = Metadata(
-        name="ann", version="v0", created_at="2026-01-01T00:00:00Z", window=6,
-        normalization=Normalization(0.0, 1.0), input=TensorSpec([-1, 6]), output=TensorSpec([-1, 1]),
+        name="ann",
+        version="v0",
+        created_at="2026-01-01T00:00:00Z",
+        window=6,
+        normalization=Normalization(0.0, 1.0),
+        input=TensorSpec([-1, 6]),
+        output=TensorSpec([-1, 1]),
         model_sha256=hashlib.sha256(payload).hexdigest(),
     )
     write_package(where, payload, metadata)
     return where
 
 
-def test_registry_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_registry_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # `promote` applies the quality gate (its verdicts: tests/integration/test_training_gate_doors.py);
+    # these packages are not real models, so here the gate's judgement is a pass.
+    from mlserving_training import retrain
+    from mlserving_training.gate import decide
+
+    monkeypatch.setattr(retrain, "evaluate_gate", lambda *args: decide(0.5, 1.0, None, 0.0))
     reg = str(tmp_path / "reg")
     pkg = str(_package(tmp_path / "pkg", b"m"))
     assert main(["publish", pkg, "--registry", reg]) == 0

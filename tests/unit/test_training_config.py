@@ -72,7 +72,7 @@ def test_bad_values_name_their_field(overrides: dict, field: str) -> None:
 
 
 def test_unknown_environment_setting_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="^epoch: unknown setting"):
+    with pytest.raises(ConfigError, match=r"^epoch: unknown setting"):
         load_config(environ={"MLSERVING_TRAIN_EPOCH": "3"})
 
 
@@ -82,3 +82,24 @@ def test_bad_yaml_files_are_reported(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "list.yaml", environ={})
+
+
+def test_camel_case_settings_as_the_chart_renders_them(tmp_path: Path) -> None:
+    path = tmp_path / "trainer.yaml"
+    path.write_text("model: ann\nbatchSize: 16\nlearningRate: 1e-05\ngateBaselines: naive\ntrain_fraction: 0.6\n")
+    config = load_config(path, environ={})
+    assert (config.batch_size, config.learning_rate, config.gate_baselines, config.train_fraction) == (
+        16,
+        1e-05,
+        "naive",
+        0.6,
+    )
+    with pytest.raises(ConfigError, match=r"^batchSizes: unknown setting"):
+        load_config(overrides={"batchSizes": 2}, environ={})
+
+
+def test_rules_across_settings_name_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"^val_fraction: train_fraction \+ val_fraction \(1.0\) must be < 1"):
+        load_config(overrides={"train_fraction": 0.8, "val_fraction": 0.2}, environ={})
+    with pytest.raises(ConfigError, match=r"^synthetic_shift_days: 120 must be < synthetic_days \(120\)"):
+        load_config(overrides={"synthetic_shift_days": 120}, environ={})

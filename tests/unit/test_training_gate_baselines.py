@@ -36,3 +36,18 @@ def test_verdict_names_the_baseline_to_serve_and_a_linear_package_is_not_asked_t
     assert rivals(table, "linear") == ["naive", "seasonal_day"]
     assert verdict(table, 0.0, "linear")[0] is True
     assert verdict(_table(model=1.0, naive=1.5, linear_ar=1.2), 0.2)[0] is False  # 1.0 >= 1.2 x 0.8
+
+
+def test_one_mase_scale_falls_back_from_a_week_to_a_day_to_one_reading() -> None:
+    import numpy as np
+
+    from mlserving_training.baselines import mase_scale
+
+    hourly = 3600.0
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=3 * 168)
+    scale, period = mase_scale(values, hourly)
+    assert period == 168 and scale == np.mean(np.abs(values[168:] - values[:-168]))
+    assert mase_scale(values[: 2 * 168], hourly)[1] == 24  # two weeks exactly: not more than two
+    assert mase_scale(values[:48], hourly)[1] == 1
+    assert mase_scale(values, 7 * 3600.0)[1] == 1  # 7 h does not divide a day: no season

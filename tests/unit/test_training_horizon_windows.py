@@ -22,7 +22,7 @@ def test_horizon_targets_are_the_next_readings_inside_one_segment() -> None:
     ok[15] = False  # a filled reading: never a target of any step
     x, y, first = make_windows(values, segment, 3, ok, horizon=4)
     assert y.shape == (len(x), 4)
-    for row, start in zip(range(len(x)), first):
+    for row, start in zip(range(len(x)), first, strict=True):
         assert list(x[row]) == list(values[start - 3 : start])
         assert list(y[row]) == list(values[start : start + 4])
         assert segment[start - 3] == segment[start + 3]
@@ -30,7 +30,7 @@ def test_horizon_targets_are_the_next_readings_inside_one_segment() -> None:
     # segment 1 is 12..19: a row starting at 15 would have the filled reading as a target; the row
     # at 16 (inputs 13..15) may use it as an input
     assert list(first) == [3, 4, 5, 6, 7, 8, 16]
-    x1, y1, first1 = make_windows(values, segment, 3, ok)
+    _, y1, first1 = make_windows(values, segment, 3, ok)
     assert y1.ndim == 1 and list(y1) == list(values[first1])
     assert 15 not in first1 and list(first1) == [3, 4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19]
 

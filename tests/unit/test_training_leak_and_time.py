@@ -50,7 +50,7 @@ def leaking(series, target_index: np.ndarray, window: int) -> int:
 
 
 def test_gappy_series_has_gaps_to_leak() -> None:
-    series, report = gappy_series()
+    _, report = gappy_series()
     assert report.repaired["gap_filled"] > 100  # the series is one where the leak matters
 
 
@@ -171,12 +171,20 @@ def test_windows_per_split_are_reported_and_too_few_warned() -> None:
     from mlserving_training.pipeline import prepare, window_lines
 
     n = 120
-    frame = pd.DataFrame({"station_id": "S", "parameter_id": "1", "reading_time": T0 + H * np.arange(n),
-                          "value": np.sin(np.arange(n) / 3)})
+    frame = pd.DataFrame(
+        {
+            "station_id": "S",
+            "parameter_id": "1",
+            "reading_time": T0 + H * np.arange(n),
+            "value": np.sin(np.arange(n) / 3),
+        }
+    )
     config = load_config(None, {"window": 6}, environ={})
     _, _, dataset, _ = prepare(config, from_frame(frame))
     lines = window_lines(dataset, 6, config.min_windows)
-    assert lines[0] == f"windows: train {len(dataset.train)}, val {len(dataset.val)}, test {len(dataset.test)} (window 6)"
+    assert (
+        lines[0] == f"windows: train {len(dataset.train)}, val {len(dataset.val)}, test {len(dataset.test)} (window 6)"
+    )
     warned = [line for line in lines[1:] if line.startswith("WARNING")]
     assert len(dataset.test) < 30 and any("test split has only" in line for line in warned)
     assert not any("train split" in line for line in warned)

@@ -15,9 +15,11 @@ count. A baseline that is undefined on more than `MAX_UNDEFINED` of the targets 
 in `skipped`); the others are all scored on the targets where every kept one is defined.
 
 Backtest: the targets are cut into k consecutive folds (rolling origin). At each fold's origin the
-linear ARs are refitted on every window before it (expanding window); the model, trained once on the
-train split, is scored on each fold as it is. Mean and spread of MAE over the folds are reported and
-are what the gate compares.
+linear ARs are refitted on every window before it (expanding window), and so is a model of a kind
+in REFIT_KINDS (the linear package: least squares, milliseconds; `rolling_linear`). The networks
+(lstm, ann, hybrid) are trained once on the train split and scored on each fold as they are:
+refitting one per fold costs k trainings per gate (docs/training.md, "Backtest"). Mean and spread
+of MAE over the folds are reported and are what the gate compares.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from mlserving_training.cleaning import CleanSeries
 from mlserving_training.evaluate import error_metrics, smape
+from mlserving_training.features import calendar_inputs
 
 DAY_S = 86_400
 WEEK_S = 7 * DAY_S
@@ -47,9 +50,21 @@ def seasonal_periods(interval_s: float) -> dict[str, int]:
     return {"day": day, "week": 7 * day}
 
 
+def mase_scale(in_sample: np.ndarray, interval_s: float) -> tuple[float, int]:
+    """MASE's denominator, the one every MASE of the project divides by: the MAE of the seasonal
+    naive on the in-sample readings (those before the scored ones), the season a week when they
+    hold two, else a day, else one reading. Returns (scale, period in readings)."""
+    values = np.asarray(in_sample, dtype=np.float64)
+    periods = seasonal_periods(interval_s)
+    period = next((p for p in (periods.get("week"), periods.get("day")) if p and len(values) > 2 * p), 1)
+    if len(values) <= period:
+        return math.nan, period
+    return float(np.mean(np.abs(values[period:] - values[:-period]))), period
+
+
 def lag_values(series: CleanSeries, targets: np.ndarray, lag_s: float) -> np.ndarray:
     """Raw reading `lag_s` seconds before each target (NaN where absent or interpolated)."""
-    wanted = series.times[targets] - int(round(lag_s))
+    wanted = series.times[targets] - round(lag_s)
     pos = np.clip(np.searchsorted(series.times, wanted), 0, len(series) - 1)
     ok = (series.times[pos] == wanted) & ~series.filled[pos]
     out = np.full(len(targets), np.nan)
@@ -79,21 +94,25 @@ class Design:
 
     def matrix(self, weekly: bool) -> np.ndarray:
         parts = [self.base] + ([self.week] if weekly and self.week is not None else [])
-        return np.hstack(parts + [np.ones((len(self.base), 1))])
+        return np.hstack([*parts, np.ones((len(self.base), 1))])
 
 
-def _design(series: CleanSeries, targets: np.ndarray, window: int, calendar: dict | None,
-            periods: dict[str, int]) -> Design:
+def _design(
+    series: CleanSeries, targets: np.ndarray, window: int, calendar: dict | None, periods: dict[str, int]
+) -> Design:
     base = windows(series, targets, window)
-    if calendar:
-        from mlserving_training.features import calendar_inputs
-
-        base = np.hstack([base, calendar_inputs(series.times[targets - 1], calendar)])
+    extra = calendar_inputs(series.times[targets - 1], calendar)
+    if extra is not None:
+        base = np.hstack([base, extra])
     week = None
     if "week" in periods:
         step = series.interval_s
-        week = np.column_stack([lag_values(series, targets, (periods["week"] - 1) * step),
-                                lag_values(series, targets, periods["week"] * step)])
+        week = np.column_stack(
+            [
+                lag_values(series, targets, (periods["week"] - 1) * step),
+                lag_values(series, targets, periods["week"] * step),
+            ]
+        )
     return Design(base, week)
 
 
@@ -141,15 +160,16 @@ class Comparison:
         best = self.best_baseline()
         model = table.get("model")
         return {
-            "targets": int(len(self.targets)),
+            "targets": len(self.targets),
             "folds": len(self.folds),
             "mase_scale": self.scale,
             "mase_period": self.scale_period,
             "candidates": table,
             "skipped": dict(self.skipped),
             "best_baseline": best,
-            "model_beats_every_baseline": None if model is None else all(
-                model["backtest_mae_mean"] < table[b]["backtest_mae_mean"] for b in self.baselines),
+            "model_beats_every_baseline": None
+            if model is None
+            else all(model["backtest_mae_mean"] < table[b]["backtest_mae_mean"] for b in self.baselines),
         }
 
 
@@ -161,12 +181,11 @@ def compare(
     model_forecast: np.ndarray | None = None,
     calendar: dict | None = None,
     folds: int = DEFAULT_FOLDS,
-    scale_values: np.ndarray | None = None,
 ) -> Comparison:
     """Score the model (raw forecasts for `targets`, optional) and every baseline on `targets`.
 
-    `fit_before`: series index before which the linear ARs may learn (the start of the holdout);
-    `scale_values`: the in-sample readings for MASE (default: everything before `fit_before`).
+    `fit_before`: series index before which the linear ARs may learn (the start of the holdout),
+    and the in-sample readings of MASE.
     """
     targets = np.asarray(targets, dtype=np.int64)
     values = np.asarray(series.values, dtype=np.float64)
@@ -183,18 +202,15 @@ def compare(
         else:
             skipped[f"seasonal_{name}"] = f"interval {step:g}s: not enough history or no whole {name}"
 
-    train_targets = valid_targets(series, window, 0, fit_before)
-    train_design = _design(series, train_targets, window, calendar, periods)
-    design = _design(series, targets, window, calendar, periods)
     fold_index = _folds(len(targets), folds)
     for name, weekly in (("linear_ar", False), ("linear_ar_week", True)):
-        if weekly and design.week is None:
+        if weekly and "week" not in periods:
             skipped[name] = "no weekly lags (needs 2 weeks of history)"
             continue
         if weekly and window >= periods["week"]:
             skipped[name] = f"the window ({window}) already holds the weekly lags: same as linear_ar"
             continue
-        forecasts[name] = _rolling_ar(series, train_targets, train_design, targets, design, fold_index, weekly)
+        forecasts[name] = rolling_linear(series, targets, window, fit_before, calendar, folds, weekly)
 
     keep = np.ones(len(targets), dtype=bool)
     for name in list(forecasts):
@@ -210,11 +226,7 @@ def compare(
     kept = np.flatnonzero(keep)
     fold_index = [np.flatnonzero(np.isin(kept, f)) for f in fold_index]
     fold_index = [f for f in fold_index if len(f)]
-    scale_src = values[:fit_before] if scale_values is None else np.asarray(scale_values, dtype=np.float64)
-    scale_period = periods.get("week", periods.get("day", 1))
-    if len(scale_src) <= 2 * scale_period:
-        scale_period = 1
-    scale = float(np.mean(np.abs(scale_src[scale_period:] - scale_src[:-scale_period])))
+    scale, scale_period = mase_scale(values[:fit_before], step)
     return Comparison(targets[keep], values[targets[keep]], forecasts, fold_index, scale, scale_period, skipped)
 
 
@@ -223,9 +235,38 @@ def _folds(n: int, k: int) -> list[np.ndarray]:
     return [f for f in np.array_split(np.arange(n), k) if len(f)]
 
 
-def _rolling_ar(series: CleanSeries, train_targets: np.ndarray, train_design: Design, targets: np.ndarray,
-                design: Design, folds: list[np.ndarray], weekly: bool) -> np.ndarray:
-    """Linear AR forecasts for `targets`, refitted at each fold's origin on every earlier window."""
+#: Model kinds the backtest refits at each fold's origin, like the linear_ar baselines.
+REFIT_KINDS = ("linear",)
+
+
+def rolling_linear(
+    series: CleanSeries,
+    targets: np.ndarray,
+    window: int,
+    fit_before: int,
+    calendar: dict | None = None,
+    folds: int = DEFAULT_FOLDS,
+    weekly: bool = False,
+) -> np.ndarray:
+    """Least-squares AR forecasts for `targets` on the inputs of a model (its window, calendar and,
+    `weekly`, the two weekly lags), refitted at each of the `folds` origins on every window before
+    it: the linear_ar baselines, and a linear package's backtest (REFIT_KINDS)."""
+    periods = seasonal_periods(series.interval_s)
+    train_targets = valid_targets(series, window, 0, fit_before)
+    train_design = _design(series, train_targets, window, calendar, periods)
+    design = _design(series, np.asarray(targets, dtype=np.int64), window, calendar, periods)
+    return _rolling_ar(series, train_targets, train_design, targets, design, _folds(len(targets), folds), weekly)
+
+
+def _rolling_ar(
+    series: CleanSeries,
+    train_targets: np.ndarray,
+    train_design: Design,
+    targets: np.ndarray,
+    design: Design,
+    folds: list[np.ndarray],
+    weekly: bool,
+) -> np.ndarray:
     values = np.asarray(series.values, dtype=np.float64)
     x_hist, y_hist = train_design.matrix(weekly), values[train_targets]
     x_all, y_all = design.matrix(weekly), values[targets]
@@ -259,26 +300,33 @@ def verdict(table: dict[str, Any], margin: float = 0.0, model_kind: str = "") ->
     candidates = table["candidates"]
     model = candidates["model"]["backtest_mae_mean"]
     factor = 1.0 - margin
-    losers = [name for name in rivals(table, model_kind)
-              if not model < candidates[name]["backtest_mae_mean"] * factor]
+    losers = [name for name in rivals(table, model_kind) if not model < candidates[name]["backtest_mae_mean"] * factor]
     if not losers:
-        return True, (f"model beats every baseline by >= {margin:.0%} on the backtest"
-                      f" (MAE {model:.4g} vs best baseline {table['best_baseline']}"
-                      f" {candidates[table['best_baseline']]['backtest_mae_mean']:.4g})")
+        return True, (
+            f"model beats every baseline by >= {margin:.0%} on the backtest"
+            f" (MAE {model:.4g} vs best baseline {table['best_baseline']}"
+            f" {candidates[table['best_baseline']]['backtest_mae_mean']:.4g})"
+        )
     best = table["best_baseline"]
-    return False, (f"model loses to {', '.join(losers)} (backtest MAE {model:.4g} vs {best}"
-                   f" {candidates[best]['backtest_mae_mean']:.4g}, margin {margin:.0%}):"
-                   f" serve the {best} baseline instead{SERVE_HINT.get(best, '')}")
+    return False, (
+        f"model loses to {', '.join(losers)} (backtest MAE {model:.4g} vs {best}"
+        f" {candidates[best]['backtest_mae_mean']:.4g}, margin {margin:.0%}):"
+        f" serve the {best} baseline instead{SERVE_HINT.get(best, '')}"
+    )
 
 
 def table_lines(table: dict[str, Any]) -> list[str]:
     """The comparison as aligned text lines for the CLI (the Markdown report has the same columns)."""
-    lines = [f"baselines on {table['targets']} test targets, backtest {table['folds']} fold(s);"
-             f" MASE scale: in-sample seasonal naive, period {table['mase_period']} ({table['mase_scale']:.4g})"]
+    lines = [
+        f"baselines on {table['targets']} test targets, backtest {table['folds']} fold(s);"
+        f" MASE scale: in-sample seasonal naive, period {table['mase_period']} ({table['mase_scale']:.4g})"
+    ]
     lines.append(f"  {'candidate':<16}{'MAE':>11}{'RMSE':>11}{'MASE':>8}{'sMAPE%':>8}{'backtest MAE mean±std':>26}")
     for name, m in table["candidates"].items():
-        lines.append(f"  {name:<16}{m['mae']:>11.4f}{m['rmse']:>11.4f}{m['mase']:>8.3f}{m['smape']:>8.2f}"
-                     f"{m['backtest_mae_mean']:>15.4f} ± {m['backtest_mae_std']:<8.4f}")
+        lines.append(
+            f"  {name:<16}{m['mae']:>11.4f}{m['rmse']:>11.4f}{m['mase']:>8.3f}{m['smape']:>8.2f}"
+            f"{m['backtest_mae_mean']:>15.4f} ± {m['backtest_mae_std']:<8.4f}"
+        )
     for name, why in table["skipped"].items():
         lines.append(f"  {name:<16}skipped: {why}")
     return lines

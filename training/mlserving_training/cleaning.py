@@ -44,6 +44,8 @@ _UNIT_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 MISSING_TOKENS = frozenset({"", "nan", "null", "na", "n/a", "none"})
 DEFAULT_SENTINELS = (999999.0, -999999.0)
+
+
 def detect_time_unit(numbers: np.ndarray) -> str:
     """Unit of numeric unix times from their magnitude: dates 1973-5138 in s, ms, us or ns."""
     finite = np.abs(numbers[np.isfinite(numbers)])
@@ -63,8 +65,9 @@ def parse_times(texts: pd.Series, unit: str = "auto") -> tuple[np.ndarray, np.nd
     numbers, missing = _parse_numbers(texts)
     numeric = np.isfinite(numbers)
     if unit == "iso" or (unit == "auto" and numeric.sum() * 2 < (~missing).sum()):
-        stamps = pd.to_datetime(texts.astype(str).str.strip().where(~missing, None), errors="coerce",
-                                utc=True, format="ISO8601")
+        stamps = pd.to_datetime(
+            texts.astype(str).str.strip().where(~missing, None), errors="coerce", utc=True, format="ISO8601"
+        )
         seconds = np.full(len(texts), np.nan)
         ok = stamps.notna().to_numpy()
         seconds[ok] = (stamps[ok] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()  # any resolution
@@ -101,8 +104,10 @@ class CleaningReport:
     def lines(self) -> list[str]:
         """Human-readable report, one line per reason, for the CLI."""
         resample = f", resampled ({self.resample} per interval)" if self.resample else ""
-        out = [f"cleaning: {self.rows_in} rows in, {self.rows_out} rows out, interval {self.interval_s:g}s{resample},"
-               f" {self.segments} segment(s); timestamps in {self.time_unit}, same-second readings: {self.duplicates}"]
+        out = [
+            f"cleaning: {self.rows_in} rows in, {self.rows_out} rows out, interval {self.interval_s:g}s{resample},"
+            f" {self.segments} segment(s); timestamps in {self.time_unit}, same-second readings: {self.duplicates}"
+        ]
         out += [f"  dropped  {reason:<20} {count}" for reason, count in self.dropped.items()]
         out += [f"  repaired {reason:<20} {count}" for reason, count in self.repaired.items()]
         return out
@@ -262,14 +267,14 @@ def _regularise(
     out_t, out_v, out_seg, out_fill = [t[0]], [v[0]], [0], [False]
     segment, filled, splits = 0, 0, 0
     for i in range(1, t.size):
-        missing = int(round((t[i] - t[i - 1]) / interval)) - 1
+        missing = round((t[i] - t[i - 1]) / interval) - 1
         if missing > max_gap_fill:
             segment += 1
             splits += 1
         elif missing > 0:
             for k in range(1, missing + 1):
                 frac = k / (missing + 1)
-                out_t.append(int(round(t[i - 1] + frac * (t[i] - t[i - 1]))))
+                out_t.append(round(t[i - 1] + frac * (t[i] - t[i - 1])))
                 out_v.append(v[i - 1] + frac * (v[i] - v[i - 1]))
                 out_seg.append(segment)
                 out_fill.append(True)

@@ -1,26 +1,32 @@
 """TrainConfig: every knob of training and publishing, from defaults < YAML < environment < CLI.
 
-One dataclass serves the `train` and `pipeline` subcommands and the trainer image, so the
-same settings mean the same thing everywhere. Validation errors name the field.
+One pydantic model serves the `train` and `pipeline` subcommands and the trainer image, so the
+same settings mean the same thing everywhere; the chart's schema of `retraining.models.<m>.settings`
+is generated from it (`make schema`, ci/schema_gen.py). Keys are camelCase as in values.yaml
+(snake_case works too). Validation errors name the field.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
+from mlserving_common.configmodel import INT32_MAX, MODEL_CONFIG, Bound, ConfigError, YamlLoader, config_error, refuse
 from mlserving_common.package import NAME_PATTERN
-from mlserving_training.timegrid import DUPLICATE_RULES, TIME_UNITS, CleaningError, parse_interval
 from mlserving_common.protocol import CLIENT_ID_SEPARATOR
+from mlserving_training.timegrid import DUPLICATE_RULES, TIME_UNITS, CleaningError, parse_interval
+
+__all__ = ["ConfigError", "TrainConfig", "load_config"]
 
 #: `linear` is the linear autoregression baseline (one Dense layer, least squares), served like the others.
-MODEL_KINDS = ("lstm", "ann", "linear")
+#: `hybrid`: that linear AR as a skip path plus a small network trained on its residual (models.py).
+MODEL_KINDS = ("lstm", "ann", "linear", "hybrid")
 #: When a retraining run trains: on every run, or only when a server reported drift for the model.
 TRIGGERS = ("schedule", "drift")
 ENV_PREFIX = "MLSERVING_TRAIN_"
@@ -28,75 +34,188 @@ ENV_PREFIX = "MLSERVING_TRAIN_"
 STANDARD_COLUMNS = ("station_id", "parameter_id", "reading_time", "value")
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message starts with the field name."""
+def _items(raw: Any) -> Any:
+    """'a, b' (environment, CLI) -> ['a', 'b']; blanks dropped."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    return [i.strip() if isinstance(i, str) else i for i in items if str(i).strip()] if isinstance(items, list) else raw
 
 
-@dataclass
-class TrainConfig:
+def _pairs(raw: Any) -> Any:
+    """'value=v, station_id=site' (environment, CLI) -> {'value': 'v', 'station_id': 'site'}."""
+    if not isinstance(raw, str):
+        return raw
+    pairs = [part.split("=", 1) for part in raw.split(",") if part.strip()]
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _none_is_empty(raw: Any) -> Any:
+    return "" if raw is None else raw
+
+
+def _interval(text: str) -> str:
+    try:
+        parse_interval(text)
+    except CleaningError:
+        raise refuse(f"{text!r} must be a duration >= 1s like 60s, 30min, 1h") from None
+    return text
+
+
+Text = Annotated[str, BeforeValidator(_none_is_empty)]
+#: Rules across settings (JSON Schema cannot compare two values; the chart renders them as `fail`s).
+RULES = (
+    Bound("val_fraction", "<", 1, plus="train_fraction"),  # a test split is left
+    Bound("synthetic_shift_days", "<", "synthetic_days"),
+)
+TenantName = Annotated[str, Field(pattern=r"^[^/+#\x00]+$")]
+
+
+class TrainConfig(BaseModel):
+    model_config = {**MODEL_CONFIG, "coerce_numbers_to_str": True}
+
     # What to train
-    model: str = "lstm"
-    name: str = ""  # registry model name; empty means the same as `model`
-    data: str = ""  # CSV path; empty means: generate synthetic BTS-like data (pipeline/demo)
-    series: str = ""  # "station_id/parameter_id"; empty means the first series in the file
-    columns: dict[str, str] = field(default_factory=dict)
+    model: Literal[MODEL_KINDS] = "lstm"  # type: ignore[valid-type]
+    """Model kind (linear: the linear AR baseline)."""
+    name: Text = ""
+    """Registry model name; empty means the same as `model`."""
+    data: Text = ""
+    """CSV path; empty means: generate synthetic BTS-like data (pipeline/demo)."""
+    series: Text = Field("", pattern=r"^([^/]*/[^/]*)?$")
+    """'station_id/parameter_id'; empty means the first series in the file."""
+    columns: Annotated[dict[Literal[STANDARD_COLUMNS], str], BeforeValidator(_pairs)] = {}  # type: ignore[valid-type]
+    """The user's CSV column name of each standard column."""
     # Features
-    window: int = 6
-    horizon: int = 1  # readings forecast per inference (48 = day-ahead on half-hourly data)
-    calendar: bool = False  # add time-of-day / day-of-week inputs (sin/cos) computed from timestamps
-    train_fraction: float = 0.7
-    val_fraction: float = 0.15
+    window: int = Field(6, ge=2, le=4096)
+    """Readings per input window."""
+    horizon: int = Field(1, ge=1, le=4096)
+    """Readings forecast per inference (48 = day-ahead on half-hourly data)."""
+    calendar: bool = False
+    """Add time-of-day / day-of-week inputs (sin/cos) computed from timestamps."""
+    train_fraction: float = Field(0.7, gt=0, lt=1)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    """Validation share; train_fraction + val_fraction must leave a test split."""
     # Cleaning
-    sentinels: list[float] = field(default_factory=lambda: [999999.0, -999999.0])
-    max_gap_fill: int = 3
-    interval: str = ""  # sampling grid, e.g. "60s", "30min", "1h"; empty = the most common step
-    resample: str = "last"  # with an interval: one value per interval, "last" or "mean"
-    time_unit: str = "auto"  # reading_time unit: auto, s, ms, us, ns or iso (ISO 8601 text)
-    duplicates: str = "last"  # readings sharing a second: "last" (re-sent corrections) or "mean" (distinct readings)
-    min_windows: int = 30  # fewer windows than this in a split: warned as too few to judge
-    backtest_folds: int = 5  # rolling-origin folds over the test split (docs/training.md)
-    # Which baselines the gate requires beating: "all" (naive, seasonal naives, linear ARs) or
-    # "naive" only (lifecycle tests and bootstraps whose subject is not forecast quality).
-    gate_baselines: str = "all"
+    sentinels: Annotated[list[float], BeforeValidator(_items)] = [999999.0, -999999.0]
+    """Values that mean "no reading"."""
+    max_gap_fill: int = Field(3, ge=0, le=INT32_MAX)
+    """Longest run of missing readings filled by interpolation."""
+    interval: Annotated[Text, AfterValidator(_interval)] = Field(
+        "",
+        json_schema_extra={"pattern": r"^$|^[1-9][0-9]*(\.[0-9]+)?(s|sec|m|min|h|d)?$|^[1-9][0-9]{3,}(\.[0-9]+)?ms$"},
+    )
+    """Sampling grid, e.g. 60s, 30min, 1h; empty = the most common step."""
+    resample: Literal["last", "mean"] = "last"
+    """With an interval: one value per interval, last or mean."""
+    time_unit: Literal[TIME_UNITS] = "auto"  # type: ignore[valid-type]
+    """reading_time unit: auto, s, ms, us, ns or iso (ISO 8601 text)."""
+    duplicates: Literal[DUPLICATE_RULES] = "last"  # type: ignore[valid-type]
+    """Readings sharing a second: last (re-sent corrections) or mean (distinct readings)."""
+    min_windows: int = Field(30, ge=1, le=INT32_MAX)
+    """Fewer windows than this in a split: warned as too few to judge."""
+    backtest_folds: int = Field(5, ge=1, le=50)
+    """Rolling-origin folds over the test split (docs/training.md)."""
+    gate_baselines: Literal["all", "naive"] = "all"
+    """Baselines the gate requires beating: all (naive, seasonal naives, linear ARs) or naive only."""
     # Optimisation
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    patience: int = 5
-    seed: int = 42
-    units: int = 32
+    epochs: int = Field(30, ge=1, le=INT32_MAX)
+    batch_size: int = Field(64, ge=1, le=INT32_MAX)
+    learning_rate: float = Field(1e-3, gt=0)
+    patience: int = Field(5, ge=0, le=INT32_MAX)
+    """Epochs without validation improvement before training stops."""
+    seed: int = Field(42, ge=0, le=INT32_MAX)
+    units: int = Field(32, ge=1, le=1024)
+    """Hidden units of the network."""
     # Export and publishing
-    tolerance: float = 1e-4
-    out: str = ""  # package directory; empty means ./packages/<name>
-    plot: str = ""  # PNG path; empty means <out>-forecast.png, "none" disables
-    registry: str = ""
+    tolerance: float = Field(1e-4, gt=0)
+    """Largest difference between the Keras and the TFLite model's forecasts."""
+    out: Text = ""
+    """Package directory; empty means ./packages/<name>."""
+    plot: Text = ""
+    """PNG path; empty means <out>-forecast.png, none disables."""
+    registry: Text = ""
     promote: bool = False
     # Synthetic data used when `data` is empty
-    synthetic_stations: int = 3
-    synthetic_days: int = 120
-    synthetic_shift: float = 0.0  # level shift (fraction of the level) over the newest synthetic_shift_days
-    synthetic_shift_days: int = 0
+    synthetic_stations: int = Field(3, ge=1, le=INT32_MAX)
+    synthetic_days: int = Field(120, ge=2, le=INT32_MAX)
+    synthetic_shift: float = Field(0.0, ge=-0.9, le=10)
+    """Level shift (fraction of the level) over the newest synthetic_shift_days."""
+    synthetic_shift_days: int = Field(0, ge=0, le=INT32_MAX)
+    """Days of the level shift (below synthetic_days)."""
     # Quality gate of `retrain` / `pipeline` (docs/lifecycle.md)
-    gate: bool = True  # false: publish without comparing (e.g. the very first version)
-    gate_margin: float = 0.0  # candidate MAE must be <= serving MAE x (1 - margin) and < naive MAE x (1 - margin)
-    trigger: str = "schedule"  # schedule: train every run; drift: only after a server's drift event for this model
+    gate: bool = True
+    """False: publish without comparing (e.g. the very first version)."""
+    gate_margin: float = Field(0.0, ge=0, lt=1)
+    """Candidate MAE must be <= serving MAE x (1 - margin) and < naive MAE x (1 - margin)."""
+    trigger: Literal[TRIGGERS] = "schedule"  # type: ignore[valid-type]
+    """schedule: train every run; drift: only after a server's drift event for this model."""
     # Live-traffic records drained from the broker (servers publish windows of requests with a series_id)
     records: bool = False
-    # Tenants whose live records and drift events this trainer uses; required with records or
-    # trigger: drift, never "every tenant" (one tenant's traffic must not retrain another's model).
-    tenants: list[str] = field(default_factory=list)
-    records_max: int = 20000  # readings of the live history kept per series (older ones rotate out)
-    records_idle_seconds: float = 2.0  # the drain ends when no message came for this long
-    records_interval_s: int = 3600  # spacing given to live readings (requests carry their order, not their times)
+    tenants: Annotated[list[TenantName], BeforeValidator(_items)] = []
+    """Tenants whose live records and drift events this trainer uses; required with records or
+    trigger: drift, never "every tenant" (one tenant's traffic must not retrain another's model)."""
+    records_max: int = Field(20000, ge=100, le=INT32_MAX)
+    """Readings of the live history kept per series (older ones rotate out)."""
+    records_idle_seconds: float = Field(2.0, gt=0)
+    """The drain ends when no message came for this long."""
+    records_interval_s: int = Field(3600, ge=1, le=INT32_MAX)
+    """Spacing given to live readings (requests carry their order, not their times)."""
     # Broker connection for records and drift events (persistent session; docs/lifecycle.md)
-    broker_host: str = ""
-    broker_port: int = 1883
-    broker_username: str = "ml-trainer"
-    broker_password_file: str = ""
-    broker_tls_ca_file: str = ""  # set = TLS, verified against this CA
-    topic_prefix: str = "ml"
-    client_id: str = ""  # persistent session id; empty = <broker_username>:trainer-<name> (owned by that login)
-    session_expiry_s: int = 1_209_600  # how long the broker keeps the session (and its queue) between runs
+    broker_host: Text = ""
+    broker_port: int = Field(1883, ge=1, le=65535)
+    broker_username: Text = "ml-trainer"
+    broker_password_file: Text = ""
+    broker_tls_ca_file: Text = ""
+    """Set: TLS, verified against this CA."""
+    topic_prefix: str = Field("ml", pattern=r"^[^+#]*[^+#/]$")
+    client_id: Text = ""
+    """Persistent session id; empty = <broker_username>:trainer-<name> (owned by that login)."""
+    session_expiry_s: int = Field(1_209_600, ge=60, le=INT32_MAX)
+    """How long the broker keeps the session (and its queue) between runs."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise config_error(exc) from None
+
+    def validate(self) -> TrainConfig:  # type: ignore[override]
+        """The rules between fields (each field was checked when set); return self for chaining.
+
+        Not a model validator: a layer of settings (`merged`) may need a later one to complete it."""
+        TrainConfig(**self.to_dict())  # fields set after construction (quick.py's out) are checked too
+        checks: list[tuple[bool, str, str]] = [
+            (
+                bool(NAME_PATTERN.match(self.model_name)),
+                "name",
+                f"{self.model_name!r} must match {NAME_PATTERN.pattern}",
+            ),
+            *((not rule.broken(self), rule.field, rule.describe(*rule.sides(self), str)) for rule in RULES),
+            (
+                not self.uses_broker or bool(self.broker_host),
+                "broker_host",
+                "required when records are on or trigger is 'drift'",
+            ),
+            (
+                not self.uses_broker or bool(self.tenants),
+                "tenants",
+                "required when records are on or trigger is 'drift' (the tenants whose live traffic"
+                " this trainer may use; none is used unless named)",
+            ),
+            (
+                len(self.session_client_id) <= 64,
+                "client_id",
+                f"{self.session_client_id!r} must be at most 64 characters",
+            ),
+            (
+                self.session_client_id.startswith(self.broker_username + CLIENT_ID_SEPARATOR),
+                "client_id",
+                f"{self.session_client_id!r} must start with '{self.broker_username}{CLIENT_ID_SEPARATOR}'"
+                " (the broker refuses ids its login does not own)",
+            ),
+        ]
+        for ok, field, message in checks:
+            if not ok:
+                raise ConfigError(f"{field}: {message}")
+        return self
 
     @property
     def model_name(self) -> str:
@@ -130,131 +249,44 @@ class TrainConfig:
         out = self.out_dir
         return out.parent / f"{out.name}-forecast.png"
 
-    def validate(self) -> TrainConfig:
-        """Raise ConfigError naming the first bad field; return self for chaining."""
-        checks: list[tuple[bool, str]] = [
-            (self.model in MODEL_KINDS, f"model: {self.model!r} is not one of {list(MODEL_KINDS)}"),
-            (bool(NAME_PATTERN.match(self.model_name)), f"name: {self.model_name!r} must match {NAME_PATTERN.pattern}"),
-            (not self.series or self.series.count("/") == 1, f"series: {self.series!r} must be 'station_id/parameter_id'"),
-            (set(self.columns) <= set(STANDARD_COLUMNS), f"columns: keys must be among {list(STANDARD_COLUMNS)}"),
-            (2 <= self.window <= 4096, f"window: {self.window} must be 2..4096"),
-            (1 <= self.horizon <= 4096, f"horizon: {self.horizon} must be 1..4096"),
-            (0 < self.train_fraction < 1, f"train_fraction: {self.train_fraction} must be in (0, 1)"),
-            (0 < self.val_fraction < 1, f"val_fraction: {self.val_fraction} must be in (0, 1)"),
-            (self.test_fraction > 0.0, "val_fraction: train_fraction + val_fraction must leave a test split (< 1)"),
-            (self.max_gap_fill >= 0, f"max_gap_fill: {self.max_gap_fill} must be >= 0"),
-            (_interval_ok(self.interval), f"interval: {self.interval!r} must be a duration >= 1s like 60s, 30min, 1h"),
-            (self.resample in ("last", "mean"), f"resample: {self.resample!r} is not one of ['last', 'mean']"),
-            (self.time_unit in TIME_UNITS, f"time_unit: {self.time_unit!r} is not one of {list(TIME_UNITS)}"),
-            (self.duplicates in DUPLICATE_RULES, f"duplicates: {self.duplicates!r} is not one of {list(DUPLICATE_RULES)}"),
-            (self.min_windows >= 1, f"min_windows: {self.min_windows} must be >= 1"),
-            (1 <= self.backtest_folds <= 50, f"backtest_folds: {self.backtest_folds} must be 1..50"),
-            (self.gate_baselines in ("all", "naive"), f"gate_baselines: {self.gate_baselines!r} is not one of ['all', 'naive']"),
-            (self.epochs >= 1, f"epochs: {self.epochs} must be >= 1"),
-            (self.batch_size >= 1, f"batch_size: {self.batch_size} must be >= 1"),
-            (self.learning_rate > 0, f"learning_rate: {self.learning_rate} must be > 0"),
-            (self.patience >= 0, f"patience: {self.patience} must be >= 0"),
-            (self.seed >= 0, f"seed: {self.seed} must be >= 0"),
-            (1 <= self.units <= 1024, f"units: {self.units} must be 1..1024"),
-            (self.tolerance > 0, f"tolerance: {self.tolerance} must be > 0"),
-            (self.synthetic_stations >= 1, f"synthetic_stations: {self.synthetic_stations} must be >= 1"),
-            (self.synthetic_days >= 2, f"synthetic_days: {self.synthetic_days} must be >= 2"),
-            (-0.9 <= self.synthetic_shift <= 10, f"synthetic_shift: {self.synthetic_shift} must be -0.9..10"),
-            (0 <= self.synthetic_shift_days < self.synthetic_days,
-             f"synthetic_shift_days: {self.synthetic_shift_days} must be 0..synthetic_days-1"),
-            (0 <= self.gate_margin < 1, f"gate_margin: {self.gate_margin} must be in [0, 1)"),
-            (self.trigger in TRIGGERS, f"trigger: {self.trigger!r} is not one of {list(TRIGGERS)}"),
-            (isinstance(self.tenants, list)
-             and all(isinstance(t, str) and t and not any(c in t for c in "/+#\0") for t in self.tenants),
-             f"tenants: {self.tenants!r} must be tenant names (no '/', '+', '#')"),
-            (self.records_max >= 100, f"records_max: {self.records_max} must be >= 100"),
-            (self.records_idle_seconds > 0, f"records_idle_seconds: {self.records_idle_seconds} must be > 0"),
-            (self.records_interval_s >= 1, f"records_interval_s: {self.records_interval_s} must be >= 1"),
-            (not self.uses_broker or bool(self.broker_host),
-             "broker_host: required when records are on or trigger is 'drift'"),
-            (not self.uses_broker or bool(self.tenants),
-             "tenants: required when records are on or trigger is 'drift' (the tenants whose live traffic"
-             " this trainer may use; none is used unless named)"),
-            (1 <= self.broker_port <= 65535, f"broker_port: {self.broker_port} must be 1..65535"),
-            (bool(self.topic_prefix) and not any(c in self.topic_prefix for c in "+#")
-             and not self.topic_prefix.endswith("/"), f"topic_prefix: {self.topic_prefix!r} must be a plain topic"),
-            (len(self.session_client_id) <= 64, f"client_id: {self.session_client_id!r} must be at most 64 characters"),
-            (self.session_client_id.startswith(self.broker_username + CLIENT_ID_SEPARATOR),
-             f"client_id: {self.session_client_id!r} must start with '{self.broker_username}{CLIENT_ID_SEPARATOR}'"
-             " (the broker refuses ids its login does not own)"),
-            (self.session_expiry_s >= 60, f"session_expiry_s: {self.session_expiry_s} must be >= 60"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        return self
-
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def merged(self, updates: Mapping[str, Any], source: str) -> TrainConfig:
-        """Copy with `updates` applied after type coercion; unknown keys are errors."""
-        known = {f.name: f for f in fields(self)}
-        values = self.to_dict()
-        for key, raw in updates.items():
-            if key not in known:
-                raise ConfigError(f"{key}: unknown setting (from {source}); known: {sorted(known)}")
-            values[key] = _coerce(key, raw, known[key].type, source)
+        """Copy with `updates` applied and type-checked (camelCase or snake_case keys); unknown keys
+        are errors; the rules between fields wait for validate()."""
+        return _build([(self.to_dict(), "defaults"), (updates, source)])
+
+
+def _names(updates: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Keys as field names, whatever the spelling; an unknown key is an error naming its source."""
+    by_alias = {to_camel(name): name for name in TrainConfig.model_fields}
+    named = {}
+    for key, value in updates.items():
+        name = by_alias.get(key, key)
+        if name not in TrainConfig.model_fields:
+            raise ConfigError(f"{key}: unknown setting (from {source}); known: {sorted(TrainConfig.model_fields)}")
+        named[name] = value
+    return named
+
+
+def _build(layers: list[tuple[Mapping[str, Any], str]]) -> TrainConfig:
+    """One TrainConfig from layers, later ones winning; a bad value's error says which layer set it."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for updates, source in layers:
+        for name, value in _names(updates, source).items():
+            values[name], sources[name] = value, source
+    try:
         return TrainConfig(**values)
-
-
-def _interval_ok(text: str) -> bool:
-    try:
-        parse_interval(text)
-    except CleaningError:
-        return False
-    return True
-
-
-def _coerce(key: str, raw: Any, type_name: Any, source: str) -> Any:
-    """Turn YAML/env/CLI values into the field's type, or ConfigError naming the field."""
-    kind = str(type_name)
-    try:
-        if kind == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in {"1", "true", "yes", "on"}:
-                return True
-            if text in {"0", "false", "no", "off", ""}:
-                return False
-            raise ValueError(raw)
-        if kind == "int":
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError(raw)
-            return int(raw)
-        if kind == "float":
-            if isinstance(raw, bool):
-                raise ValueError(raw)
-            return float(raw)
-        if kind == "str":
-            return "" if raw is None else str(raw)
-        if kind == "list[str]":
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
-            return [str(item).strip() for item in items if str(item).strip()]
-        if kind.startswith("list"):
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
-            return [float(item) for item in items if str(item).strip()]
-        if kind.startswith("dict"):
-            if isinstance(raw, str):
-                pairs = [part.split("=", 1) for part in raw.split(",") if part.strip()]
-                raw = {k.strip(): v.strip() for k, v in pairs}
-            if not isinstance(raw, Mapping):
-                raise ValueError(raw)
-            return {str(k): str(v) for k, v in raw.items()}
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: {raw!r} (from {source}) is not a valid {kind}") from None
-    raise ConfigError(f"{key}: unsupported type {kind}")
+    except ConfigError as error:
+        source = sources.get(str(error).split(":", 1)[0], "defaults")
+        raise (ConfigError(f"{error} (from {source})") if source != "defaults" else error) from None
 
 
 def load_yaml(path: Path | str) -> dict[str, Any]:
     try:
-        body = yaml.safe_load(Path(path).read_text()) or {}
+        body = yaml.load(Path(path).read_text(), Loader=YamlLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"config: file {path} not found") from None
     except yaml.YAMLError as exc:
@@ -266,12 +298,11 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
     """MLSERVING_TRAIN_EPOCHS=5 -> {"epochs": "5"}; MLSERVING_TRAIN_CONFIG is the YAML path, not a field."""
-    names = {f.name for f in fields(TrainConfig)}
     found = {}
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
-            name = key[len(ENV_PREFIX):].lower()
-            if name not in names:
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in TrainConfig.model_fields:
                 raise ConfigError(f"{name}: unknown setting (from environment variable {key})")
             found[name] = value
     return found
@@ -284,11 +315,10 @@ def load_config(
 ) -> TrainConfig:
     """Defaults, then the YAML file (argument or MLSERVING_TRAIN_CONFIG), then env, then overrides."""
     environ = os.environ if environ is None else environ
-    config = TrainConfig()
+    layers: list[tuple[Mapping[str, Any], str]] = []
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG") or None
     if config_file:
-        config = config.merged(load_yaml(config_file), source=str(config_file))
-    config = config.merged(env_overrides(environ), source="environment")
-    if overrides:
-        config = config.merged({k: v for k, v in overrides.items() if v is not None}, source="command line")
-    return config.validate()
+        layers.append((load_yaml(config_file), str(config_file)))
+    layers.append((env_overrides(environ), "environment"))
+    layers.append(({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
+    return _build(layers).validate()

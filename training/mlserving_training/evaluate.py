@@ -53,17 +53,9 @@ def beats_naive(test_metrics: dict[str, float]) -> bool:
     return test_metrics["mae"] < test_metrics["naive_mae"]
 
 
-def seasonal_scale(train_values: np.ndarray, period: int) -> float:
-    """In-sample MAE of the seasonal naive (value `period` readings earlier) on the training
-    readings: MASE's denominator; falls back to lag 1 when the training split is too short."""
-    values = np.asarray(train_values, dtype=np.float64)
-    lag = period if len(values) > 2 * period else 1
-    return float(np.mean(np.abs(values[lag:] - values[:-lag])))
-
-
 def horizon_metrics(split: Split, predictions: np.ndarray, norm: Normalization, scale: float, period: int) -> dict:
     """Per forecast step of a day-ahead model: MAE, the last-value naive's MAE and MASE (MAE /
-    `scale`, the in-sample seasonal naive MAE with `period`), in raw units."""
+    `scale`, from baselines.mase_scale, with its `period`), in raw units."""
     actual = denormalize(split.y.reshape(len(split), -1), norm)
     predicted = denormalize(np.asarray(predictions).reshape(len(split), -1), norm)
     naive = denormalize(naive_forecast(split.x), norm)[:, None]

@@ -78,8 +78,8 @@ def denormalize(values: np.ndarray, norm: Normalization) -> np.ndarray:
 
 def split_bounds(n: int, train_fraction: float, val_fraction: float) -> tuple[int, int]:
     """Indices a, b: train = [0, a), val = [a, b), test = [b, n)."""
-    a = int(round(n * train_fraction))
-    b = int(round(n * (train_fraction + val_fraction)))
+    a = round(n * train_fraction)
+    b = round(n * (train_fraction + val_fraction))
     return a, b
 
 
@@ -130,15 +130,19 @@ def calendar_inputs(last_times: np.ndarray, calendar: dict | None) -> np.ndarray
 
 
 def build_dataset(
-    series: CleanSeries, window: int, train_fraction: float, val_fraction: float,
-    horizon: int = 1, calendar: bool = False,
+    series: CleanSeries,
+    window: int,
+    train_fraction: float,
+    val_fraction: float,
+    horizon: int = 1,
+    calendar: bool = False,
 ) -> Dataset:
     cal = calendar_section(series) if calendar else None
     a, b = split_bounds(len(series), train_fraction, val_fraction)
     norm = fit_normalization(series.values[:a])
     scaled = normalize(series.values, norm)
     parts = {}
-    for name, (lo, hi) in zip(SPLITS, ((0, a), (a, b), (b, len(series)))):
+    for name, (lo, hi) in zip(SPLITS, ((0, a), (a, b), (b, len(series))), strict=True):
         x, y, idx = make_windows(scaled[lo:hi], series.segment[lo:hi], window, series.target_ok[lo:hi], horizon)
         if len(y) == 0:
             raise FeatureError(

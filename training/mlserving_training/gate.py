@@ -10,28 +10,42 @@ readings of the series the candidate was trained on (its test split), each model
                                                     seasonal naives, linear ARs on the same inputs)
 
 MAE here is the mean over the rolling-origin backtest folds of the holdout. Every door applies
-this one gate: the CronJob (`retrain`), and `publish --promote` (`--force` overrides it, logged
-and recorded in the package's metadata.gate). A refusal is a normal outcome, not an error: the
-caller publishes nothing and exits 0.
+this one gate (`retrain.evaluate_gate`): the CronJob and auto-promotion (`retrain`), `publish
+--promote`, `promote` and the demo packages (`quick`). An override (`--force`, or `gate: false`
+for the CronJob) is logged as `gate_forced` and recorded in the published version's metadata.gate
+(`override`, `publish_on_record`). A refusal is a normal outcome, not an error: the caller
+publishes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlserving_common.package import MODEL_FILE, verify_package
+from mlserving_common.logs import event
+from mlserving_common.package import METADATA_FILE, MODEL_FILE, read_metadata, verify_package
+from mlserving_common.registry import Registry
+from mlserving_training import baselines
 from mlserving_training.cleaning import CleanSeries
-from mlserving_training.features import denormalize, normalize, split_bounds
+from mlserving_training.features import calendar_inputs, denormalize, normalize, split_bounds
 from mlserving_training.runtime import predict_tflite
+
+log = logging.getLogger("mlserving.training.gate")
 
 
 class GateError(ValueError):
     """The gate cannot compare (e.g. no holdout windows); the run fails rather than guessing."""
+
+
+class GateRefused(RuntimeError):
+    """A door that must produce a serving version (the demo packages) was refused by the gate."""
 
 
 @dataclass(frozen=True)
@@ -80,14 +94,26 @@ def package_forecast(package_dir: Path, holdout: Holdout, times: np.ndarray | No
     metadata = verify_package(package_dir)
     x = normalize(holdout.windows(metadata.window), metadata.normalization)
     if metadata.calendar:
-        from mlserving_training.features import calendar_inputs
-
         if times is None:
             raise GateError(f"{package_dir}: a calendar model needs the readings' times")
-        x = np.hstack([x, calendar_inputs(np.asarray(times)[holdout.targets - 1], metadata.calendar)])
+        extra = calendar_inputs(np.asarray(times)[holdout.targets - 1], metadata.calendar)
+        x = x if extra is None else np.hstack([x, extra])
     predicted = np.asarray(predict_tflite(Path(package_dir) / MODEL_FILE, x.astype(np.float32)))
     first = predicted if predicted.ndim == 1 else predicted.reshape(len(holdout), -1)[:, 0]
     return denormalize(first, metadata.normalization)
+
+
+def backtest_forecast(
+    package_dir: Path, holdout: Holdout, series: CleanSeries, fit_before: int, folds: int
+) -> np.ndarray:
+    """What the backtest scores for a package: a kind in baselines.REFIT_KINDS refitted at each fold's
+    origin on every earlier window (as the linear_ar baselines are), any other as trained."""
+    metadata = verify_package(package_dir)
+    if metadata.training.get("model") in baselines.REFIT_KINDS:
+        return baselines.rolling_linear(
+            series, holdout.targets, metadata.window, fit_before, metadata.calendar or None, folds
+        )
+    return package_forecast(package_dir, holdout, series.times)
 
 
 def package_mae(package_dir: Path, holdout: Holdout, times: np.ndarray | None = None) -> float:
@@ -116,12 +142,18 @@ class GateDecision:
     #: Promoted although refused (`publish --promote --force`); on record in metadata.gate.
     forced: bool = False
 
+    @property
+    def admitted(self) -> bool:
+        """Passed, or forced over a refusal: either way it may serve, and metadata.gate says which."""
+        return self.passed or self.forced
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def line(self) -> str:
         serving = (
-            f"serving {self.serving_version} MAE {self.serving_mae:.4f}" if self.serving_mae is not None
+            f"serving {self.serving_version} MAE {self.serving_mae:.4f}"
+            if self.serving_mae is not None
             else "nothing serving yet"
         )
         verdict = "FORCED" if self.forced else "PASS" if self.passed else "REFUSED"
@@ -152,19 +184,65 @@ def decide(
     naive_limit = naive * factor
     beaten_by = {name: mae for name, mae in every.items() if not candidate < mae * factor}
     if beaten_by:
-        best = min(beaten_by, key=beaten_by.get)
+        best = min(beaten_by, key=beaten_by.__getitem__)
         limit = beaten_by[best] * factor
-        return outcome(False, (
-            f"does not beat {', '.join(beaten_by)}: {candidate:.4f} >= {best} {beaten_by[best]:.4f} x {factor:g}"
-            f" = {limit:.4f}; serve the {best} baseline instead"))
+        return outcome(
+            False,
+            (
+                f"does not beat {', '.join(beaten_by)}: {candidate:.4f} >= {best} {beaten_by[best]:.4f} x {factor:g}"
+                f" = {limit:.4f}; serve the {best} baseline instead"
+            ),
+        )
     if serving is None:
-        return outcome(True, f"beats naive ({candidate:.4f} < {naive_limit:.4f}) and every baseline"
-                             f" ({len(every)}); no version serving yet")
+        return outcome(
+            True,
+            f"beats naive ({candidate:.4f} < {naive_limit:.4f}) and every baseline"
+            f" ({len(every)}); no version serving yet",
+        )
     serving_limit = serving * factor
     if not candidate <= serving_limit:
-        return outcome(False, (
-            f"not better than serving {serving_version}: {candidate:.4f} > {serving:.4f} x {factor:g}"
-            f" = {serving_limit:.4f}"))
-    return outcome(True, (
-        f"beats serving {serving_version} ({candidate:.4f} <= {serving_limit:.4f}) and naive"
-        f" ({candidate:.4f} < {naive_limit:.4f}) and every baseline ({len(every)})"))
+        return outcome(
+            False,
+            (
+                f"not better than serving {serving_version}: {candidate:.4f} > {serving:.4f} x {factor:g}"
+                f" = {serving_limit:.4f}"
+            ),
+        )
+    return outcome(
+        True,
+        (
+            f"beats serving {serving_version} ({candidate:.4f} <= {serving_limit:.4f}) and naive"
+            f" ({candidate:.4f} < {naive_limit:.4f}) and every baseline ({len(every)})"
+        ),
+    )
+
+
+def override(decision: GateDecision, why: str, **context: Any) -> GateDecision:
+    """The operator's override (`--force`, `gate: false`): a refusal becomes `forced` (still not
+    `passed`), logged as `gate_forced` with every figure; a pass only says it was not needed."""
+    if decision.passed:
+        return replace(decision, reason=f"{why} (not needed); {decision.reason}")
+    forced = replace(decision, forced=True, reason=f"{why}, forced over a refusal: {decision.reason}")
+    event(log, "gate_forced", **context, **forced.to_dict())
+    return forced
+
+
+def publish_on_record(
+    package_dir: Path,
+    decision: GateDecision,
+    registry: Registry,
+    location: str,
+    promote: bool,
+    emit: Callable[[str], None],
+    **note: Any,
+) -> str:
+    """Publish a copy of the package whose metadata.gate holds `decision` (and `note`): a published
+    version is immutable, so its gate record must go in with it."""
+    from mlserving_training.pipeline import publish
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "package"
+        shutil.copytree(package_dir, staged)
+        metadata = read_metadata(staged)
+        (staged / METADATA_FILE).write_text(replace(metadata, gate={**decision.to_dict(), **note}).to_json())
+        return publish(staged, location, promote, emit, registry=registry)

@@ -64,21 +64,26 @@ def inject_level_shift(values: np.ndarray, shift: float, last: int) -> np.ndarra
 
 
 def _dirty_rows(
-    rng: np.random.Generator, station: str, parameter: str, times: np.ndarray, values: np.ndarray,
-    rates: DirtRates, interval_s: int,
+    rng: np.random.Generator,
+    station: str,
+    parameter: str,
+    times: np.ndarray,
+    values: np.ndarray,
+    rates: DirtRates,
+    interval_s: int,
 ) -> list[tuple[str, str, int, str]]:
     n = times.size
     keep = np.ones(n, dtype=bool)
     months = n * interval_s / (30 * 86400)
     for count, low, high in ((rates.short_gaps_per_30d, 1, 3), (rates.long_gaps_per_30d, 6, 48)):
-        for _ in range(int(round(count * months))):
+        for _ in range(round(count * months)):
             start = rng.integers(1, max(2, n - high - 1))
-            keep[start:start + rng.integers(low, high + 1)] = False
+            keep[start : start + rng.integers(low, high + 1)] = False
     text = np.array([f"{x:.3f}" for x in values], dtype=object)
     tokens = [("999999", rates.sentinel), ("", rates.missing), ("ERR", rates.non_numeric)]
     counts = [_count(rate, n) for _, rate in tokens]
     spots = rng.choice(n, size=min(sum(counts), n), replace=False)
-    for (token, _), chunk in zip(tokens, np.split(spots, np.cumsum(counts)[:-1])):
+    for (token, _), chunk in zip(tokens, np.split(spots, np.cumsum(counts)[:-1]), strict=True):
         text[chunk] = token
     rows = [(station, parameter, int(times[i]), text[i]) for i in range(n) if keep[i]]
     for i in sorted(rng.choice(len(rows), size=_count(rates.duplicate, len(rows)), replace=False), reverse=True):
@@ -90,7 +95,7 @@ def _dirty_rows(
 
 def _count(rate: float, n: int) -> int:
     """Exact number of rows to spoil: at least one whenever the rate is positive, so every rule has work."""
-    return min(n, max(1, int(round(rate * n)))) if rate > 0 else 0
+    return min(n, max(1, round(rate * n))) if rate > 0 else 0
 
 
 def generate_bts(

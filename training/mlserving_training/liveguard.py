@@ -78,7 +78,7 @@ def _combined(
 ) -> tuple[float | None, int, list[str]]:
     """Scored-weighted MAE over every replica series of (model, role[, version]) of `tenants` (None: all)."""
     wanted = set(tenants) if tenants else None
-    scored: dict[tuple[str, ...], float] = {}
+    scored: dict[tuple[tuple[str, str], ...], float] = {}
     for s in samples:
         if s.name == SCORED:
             scored[tuple(sorted(s.labels.items()))] = s.value
@@ -101,14 +101,21 @@ def _combined(
 
 
 def compare_shadow(
-    samples: list[Sample], model: str, version: str, min_scored: int, margin: float, tenants: Iterable[str] | None = None
+    samples: list[Sample],
+    model: str,
+    version: str,
+    min_scored: int,
+    margin: float,
+    tenants: Iterable[str] | None = None,
 ) -> ShadowVerdict:
     """Pass when `version` (role=shadow) has >= min_scored scored forecasts, so has the serving
     version, and shadow MAE < serving MAE x (1 - margin); with `tenants`, on their figures only."""
     shadow, shadow_n, _ = _combined(samples, model, "shadow", version, tenants)
     serving, serving_n, serving_versions = _combined(samples, model, "serving", None, tenants)
     if shadow is None:
-        raise GuardError(f"no live figures for {model} {version} in shadow: configure tenants.<t>.shadow.{model}: {version}")
+        raise GuardError(
+            f"no live figures for {model} {version} in shadow: configure tenants.<t>.shadow.{model}: {version}"
+        )
     if serving is None:
         raise GuardError(f"no live figures for the serving version of {model}")
     limit = serving * (1.0 - margin)
@@ -117,5 +124,8 @@ def compare_shadow(
     elif shadow < limit:
         passed, reason = True, f"shadow {version} live MAE {shadow:.4f} < serving {serving:.4f} x {1 - margin:g}"
     else:
-        passed, reason = False, f"shadow {version} live MAE {shadow:.4f} >= serving {serving:.4f} x {1 - margin:g} = {limit:.4f}"
+        passed, reason = (
+            False,
+            f"shadow {version} live MAE {shadow:.4f} >= serving {serving:.4f} x {1 - margin:g} = {limit:.4f}",
+        )
     return ShadowVerdict(passed, reason, shadow, shadow_n, serving, serving_n, serving_versions, margin)

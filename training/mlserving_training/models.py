@@ -1,6 +1,6 @@
 """Keras models that map a whole window to the next value, and their training loop.
 
-Both take input (batch, window) so the server feeds every model the same way. The LSTM is
+All take input (batch, window) so the server feeds every model the same way. The LSTM is
 unrolled: that is what lets it convert to builtin TFLite ops (a default Keras LSTM needs Flex
 ops, which LiteRT cannot run) with a resizable batch dimension. TensorFlow is imported here
 and in export.py only, and only when called.
@@ -44,6 +44,10 @@ def build_model(kind: str, window: int, units: int = 32, horizon: int = 1, extra
 
     `linear` is one Dense layer on the whole input row: the linear autoregression baseline,
     exported and served like the others (its weights come from `fit_linear`, not from Adam).
+    `hybrid` is that linear AR (layer `linear_ar`, frozen, solved by least squares in
+    `train_model`) plus the `ann` network on the same inputs, whose output layer starts at zero: it
+    starts as the linear AR and Adam only learns the residual. One graph, so it exports and serves
+    like any other package.
     """
     import keras
 
@@ -56,15 +60,36 @@ def build_model(kind: str, window: int, units: int = 32, horizon: int = 1, extra
         if extra_inputs:
             extra = keras.layers.Lambda(lambda t: t[:, window:], name="calendar")(inputs)
             x = keras.layers.Concatenate(name="with_calendar")([x, extra])
-    elif kind == "ann":
+    elif kind in ("ann", "hybrid"):
+        skip = keras.layers.Dense(horizon, name=SKIP_LAYER, trainable=False)(inputs) if kind == "hybrid" else None
         x = keras.layers.Dense(2 * units, activation="relu", name="dense_1")(inputs)
         x = keras.layers.Dense(units, activation="relu", name="dense_2")(x)
+        if skip is not None:
+            residual = keras.layers.Dense(horizon, kernel_initializer="zeros", name=RESIDUAL_LAYER)(x)
+            return keras.Model(inputs, keras.layers.Add(name="next")([skip, residual]), name=kind)
     elif kind == "linear":
         x = inputs
     else:
-        raise ValueError(f"model: unknown kind {kind!r} (lstm, ann or linear)")
+        raise ValueError(f"model: unknown kind {kind!r} (lstm, ann, linear or hybrid)")
     outputs = keras.layers.Dense(horizon, name="next")(x)
     return keras.Model(inputs, outputs, name=kind)
+
+
+#: The hybrid's layers: the least-squares skip path and the residual network's output.
+SKIP_LAYER, RESIDUAL_LAYER = "linear_ar", "residual"
+
+
+def _least_squares(model: Any, layer: str, data: Dataset, with_val: bool = False) -> float:
+    """Ordinary least squares (with intercept) on the training split (and the validation split:
+    `with_val`), set as `layer`'s weights; returns its validation MSE (normalised units)."""
+    fit = [data.train, data.val] if with_val else [data.train]
+    x = np.vstack([np.asarray(s.inputs, dtype=np.float64) for s in fit])
+    y = np.vstack([np.asarray(s.y, dtype=np.float64).reshape(len(s), -1) for s in fit])
+    coef, *_ = np.linalg.lstsq(np.hstack([x, np.ones((len(x), 1))]), y, rcond=None)
+    model.get_layer(layer).set_weights([coef[:-1].astype(np.float32), coef[-1].astype(np.float32)])
+    val_x = np.asarray(data.val.inputs, dtype=np.float64)
+    val_y = np.asarray(data.val.y, dtype=np.float64).reshape(len(val_x), -1)
+    return float(np.mean((np.hstack([val_x, np.ones((len(val_x), 1))]) @ coef - val_y) ** 2))
 
 
 def fit_linear(model: Any, data: Dataset) -> TrainOutcome:
@@ -74,15 +99,16 @@ def fit_linear(model: Any, data: Dataset) -> TrainOutcome:
     few epochs of Adam reach, and the same data always gives the same weights.
     """
     started, cpu_started = time.perf_counter(), time.process_time()
-    x = np.asarray(data.train.inputs, dtype=np.float64)
-    y = np.asarray(data.train.y, dtype=np.float64).reshape(len(x), -1)
-    design = np.hstack([x, np.ones((len(x), 1))])
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    model.get_layer("next").set_weights([coef[:-1].astype(np.float32), coef[-1].astype(np.float32)])
-    val_x = np.asarray(data.val.inputs, dtype=np.float64)
-    val_y = np.asarray(data.val.y, dtype=np.float64).reshape(len(val_x), -1)
-    val_loss = float(np.mean((np.hstack([val_x, np.ones((len(val_x), 1))]) @ coef - val_y) ** 2))
-    train_loss = float(np.mean((design @ coef - y) ** 2))
+    val_loss = _least_squares(model, "next", data)
+    train_loss = float(
+        np.mean(
+            (
+                predict(model, data.train.inputs).reshape(len(data.train), -1)
+                - np.asarray(data.train.y).reshape(len(data.train), -1)
+            )
+            ** 2
+        )
+    )
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return TrainOutcome(1, 1, val_loss, seconds, cpu_seconds, {"loss": [train_loss], "val_loss": [val_loss]})
 
@@ -116,11 +142,26 @@ def train_model(
     patience: int,
     emit: Callable[[str], None] = print,
 ) -> TrainOutcome:
-    """Adam on MSE with early stopping on validation loss (best weights restored)."""
+    """Adam on MSE with early stopping on validation loss (best weights restored).
+
+    A hybrid's skip path is solved first on the training split and stays frozen, so Adam fits the
+    residual network only, on MAE (least squares already minimises the squared error; the gate
+    judges MAE), stopped on validation; if no epoch beats the skip path alone there, the residual
+    is zeroed. Then the skip path is solved again on the training and validation windows (a closed
+    form needs no early stopping, and that is the data the linear_ar baseline learns from).
+    """
     import keras
 
+    hybrid = model.name == "hybrid"
+    loss = "mae" if hybrid else "mse"
+    skip_val_loss = None
+    if hybrid:  # the residual starts at zero: the model is its skip path
+        _least_squares(model, SKIP_LAYER, data)
+        val_y = np.asarray(data.val.y).reshape(len(data.val), -1)
+        skip_val_loss = float(np.mean(np.abs(predict(model, data.val.inputs).reshape(val_y.shape) - val_y)))
+
     # XLA compiles the unrolled LSTM for minutes on small machines and gains nothing here.
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", jit_compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, jit_compile=False)
     callbacks = [_epoch_printer(epochs, emit)]
     if patience > 0:
         callbacks.append(
@@ -141,7 +182,14 @@ def train_model(
     losses = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     val = losses.get("val_loss", [float("nan")])
     best = min(range(len(val)), key=val.__getitem__)
-    return TrainOutcome(len(val), best + 1, val[best], seconds, cpu_seconds, losses)
+    if skip_val_loss is not None:
+        if not val[best] < skip_val_loss:
+            emit(f"residual network never beat the linear skip path on validation ({skip_val_loss:.6f}): zeroed")
+            layer = model.get_layer(RESIDUAL_LAYER)
+            layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+            best, val = -1, [*val, skip_val_loss]
+        _least_squares(model, SKIP_LAYER, data, with_val=True)
+    return TrainOutcome(len(losses.get("val_loss", val)), best + 1, val[best], seconds, cpu_seconds, losses)
 
 
 def predict(model: Any, x: Any) -> Any:

@@ -11,12 +11,14 @@ import logging
 import platform
 import time
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mlserving_common.logs import event
 from mlserving_common.package import (
     MODEL_FILE,
     UNPUBLISHED_VERSION,
@@ -26,15 +28,23 @@ from mlserving_common.package import (
     verify_package,
     write_package,
 )
-from mlserving_common.logs import event
-from mlserving_common.registry import Registry, open_registry
+from mlserving_common.registries import open_registry
+from mlserving_common.registry import Registry
 from mlserving_training import baselines as baselines_mod
 from mlserving_training import data as data_mod
 from mlserving_training.cleaning import CleaningReport, CleanSeries, clean_series
 from mlserving_training.config import TrainConfig
-from mlserving_training.evaluate import beats_naive, horizon_metrics, naive_forecast, seasonal_scale, split_metrics
+from mlserving_training.evaluate import beats_naive, horizon_metrics, naive_forecast, split_metrics
 from mlserving_training.features import (
-    SPLITS, Dataset, Split, build_dataset, calendar_inputs, denormalize, make_windows, normalize, split_bounds,
+    SPLITS,
+    Dataset,
+    Split,
+    build_dataset,
+    calendar_inputs,
+    denormalize,
+    make_windows,
+    normalize,
+    split_bounds,
 )
 from mlserving_training.generate import generate_bts
 from mlserving_training.runtime import predict_tflite
@@ -61,8 +71,11 @@ def load_data(config: TrainConfig, emit: Emit = print) -> data_mod.RawData:
         f" ({config.synthetic_stations} stations, {config.synthetic_days} days, seed {config.seed})"
     )
     frame = generate_bts(
-        stations=config.synthetic_stations, days=config.synthetic_days, seed=config.seed,
-        shift=config.synthetic_shift, shift_days=config.synthetic_shift_days,
+        stations=config.synthetic_stations,
+        days=config.synthetic_days,
+        seed=config.seed,
+        shift=config.synthetic_shift,
+        shift_days=config.synthetic_shift_days,
     )
     source = f"synthetic:stations={config.synthetic_stations},days={config.synthetic_days},seed={config.seed}"
     if config.synthetic_shift:
@@ -109,15 +122,15 @@ def prepare(config: TrainConfig, raw: data_mod.RawData) -> tuple[str, int, Datas
 
 
 def _framework_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import ai_edge_litert
     import keras
     import tensorflow as tf
 
     try:
-        from importlib.metadata import version
-
         litert = version("ai-edge-litert")
-    except Exception:  # pragma: no cover - metadata missing in odd installs
+    except PackageNotFoundError:  # pragma: no cover - metadata missing in odd installs
         litert = getattr(ai_edge_litert, "__version__", "unknown")
     return {
         "tensorflow": tf.__version__,
@@ -146,7 +159,9 @@ def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None 
     seed_everything(config.seed)
     extra = dataset.train.inputs.shape[1] - config.window
     model = build_model(config.model, config.window, config.units, config.horizon, extra)
-    shape = f"window {config.window}" + (f" + {extra} calendar inputs" if extra else "") + f" -> {config.horizon} step(s)"
+    shape = (
+        f"window {config.window}" + (f" + {extra} calendar inputs" if extra else "") + f" -> {config.horizon} step(s)"
+    )
     if config.model == "linear":
         emit(f"fitting linear AR ({model.count_params()} parameters, {shape}) by least squares")
         outcome = fit_linear(model, dataset)
@@ -155,28 +170,37 @@ def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None 
         outcome = train_model(
             model, dataset, config.epochs, config.batch_size, config.learning_rate, config.patience, emit
         )
-    emit(f"trained in {outcome.seconds:.1f}s ({outcome.cpu_seconds:.1f}s CPU); best epoch {outcome.best_epoch} val_loss={outcome.best_val_loss:.6f}")
+    emit(
+        f"trained in {outcome.seconds:.1f}s ({outcome.cpu_seconds:.1f}s CPU);"
+        f" best epoch {outcome.best_epoch} val_loss={outcome.best_val_loss:.6f}"
+    )
 
     model_bytes = to_tflite(model)
     parity = check_parity(predict(model, dataset.test.inputs), model_bytes, dataset.test.inputs, config.tolerance)
-    emit(f"tflite: {len(model_bytes)} bytes; max |tflite - keras| on {parity.windows} test windows = {parity.max_abs_diff:.3g}")
+    emit(
+        f"tflite: {len(model_bytes)} bytes;"
+        f" max |tflite - keras| on {parity.windows} test windows = {parity.max_abs_diff:.3g}"
+    )
 
     # Metrics come from the TFLite model: that is what will serve.
     predictions = {name: predict_tflite(model_bytes, dataset.split(name).inputs) for name in ("val", "test")}
     metrics: dict[str, Any] = {
         name: split_metrics(dataset.split(name), predictions[name], dataset.normalization) for name in ("val", "test")
     }
-    if config.horizon > 1:
-        period = _seasonal_period(report.interval_s)
-        scale = seasonal_scale(series_values_train(dataset), period)
+    baselines = compare_baselines(config, raw, series_id, dataset, predictions["test"])
+    if config.horizon > 1:  # MASE per step on the baselines' scale: one MASE per package
         for name in ("val", "test"):
             metrics[name]["horizon"] = horizon_metrics(
-                dataset.split(name), predictions[name], dataset.normalization, scale, period
+                dataset.split(name),
+                predictions[name],
+                dataset.normalization,
+                baselines["mase_scale"],
+                baselines["mase_period"],
             )
     metrics["beats_naive"] = beats_naive(metrics["test"])
     metrics["units"] = "raw"
     _emit_metrics(metrics, emit)
-    metrics["baselines"] = compare_baselines(config, raw, series_id, dataset, predictions["test"])
+    metrics["baselines"] = baselines
     passed, verdict = baselines_mod.verdict(metrics["baselines"], config.gate_margin, config.model)
     metrics["verdict"] = {"beats_every_baseline": passed, "reason": verdict, "margin": config.gate_margin}
     for line in baselines_mod.table_lines(metrics["baselines"]):
@@ -215,10 +239,19 @@ def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None 
     out = config.out_dir
     write_package(out, model_bytes, metadata)
     event(
-        log, "package_written", model=metadata.name, package=str(out), series_id=series_id,
-        test_mae=metrics["test"]["mae"], naive_mae=metrics["test"]["naive_mae"], beats_naive=metrics["beats_naive"],
-        parity_max_abs_diff=parity.max_abs_diff, train_seconds=round(outcome.seconds, 3),
-        epochs_run=outcome.epochs_run, tflite_bytes=len(model_bytes), cleaning=report.to_dict(),
+        log,
+        "package_written",
+        model=metadata.name,
+        package=str(out),
+        series_id=series_id,
+        test_mae=metrics["test"]["mae"],
+        naive_mae=metrics["test"]["naive_mae"],
+        beats_naive=metrics["beats_naive"],
+        parity_max_abs_diff=parity.max_abs_diff,
+        train_seconds=round(outcome.seconds, 3),
+        epochs_run=outcome.epochs_run,
+        tflite_bytes=len(model_bytes),
+        cleaning=report.to_dict(),
     )
     emit(f"package written: {out} (version {UNPUBLISHED_VERSION}, publish it to get a version)")
     plot_path = config.plot_path
@@ -226,23 +259,6 @@ def train(config: TrainConfig, emit: Emit = print, raw: data_mod.RawData | None 
         _plot_test(dataset, predictions["test"], plot_path, f"{config.model_name} on {series_id}")
         emit(f"plot written: {plot_path}")
     return TrainResult(out, metadata, report, plot_path)
-
-
-def _seasonal_period(interval_s: float) -> int:
-    """MASE's season in readings: a week, or a day (the trainer falls back to lag 1 if the
-    training split is shorter than two seasons)."""
-    if interval_s <= 0:
-        return 1
-    week, day = round(7 * 86400 / interval_s), round(86400 / interval_s)
-    return max(week, 1) if week >= 2 else max(day, 1)
-
-
-def series_values_train(dataset: Dataset) -> np.ndarray:
-    """The training split's readings in raw units, in order (each window's oldest reading, then the
-    last window's tail): what the in-sample seasonal naive of MASE is computed on."""
-    train = dataset.train
-    readings = np.concatenate([train.x[:, 0], train.x[-1, 1:]])
-    return denormalize(readings, dataset.normalization)
 
 
 def compare_baselines(
@@ -255,6 +271,10 @@ def compare_baselines(
     targets = np.searchsorted(series.times, dataset.test.times)
     predicted = np.asarray(test_predictions)
     forecast = denormalize(predicted if predicted.ndim == 1 else predicted[:, 0], dataset.normalization)
+    if config.model in baselines_mod.REFIT_KINDS:  # the backtest refits it per fold, as the gate does
+        forecast = baselines_mod.rolling_linear(
+            series, targets, config.window, b, dataset.calendar, config.backtest_folds
+        )
     comparison = baselines_mod.compare(
         series, targets, config.window, b, forecast, dataset.calendar, config.backtest_folds
     )
@@ -324,9 +344,7 @@ def evaluate_package(
     series_id, rows = data_mod.select_series(raw, series or metadata.series_id)
     clean, _ = clean_rows(recorded, rows)
     if split == "test":
-        from mlserving_training.features import split_bounds
-
-        a, b = split_bounds(len(clean), recorded.get("train_fraction", 0.7), recorded.get("val_fraction", 0.15))
+        _, b = split_bounds(len(clean), recorded.get("train_fraction", 0.7), recorded.get("val_fraction", 0.15))
     else:
         b = 0
     scaled = normalize(clean.values[b:], metadata.normalization)
@@ -334,11 +352,16 @@ def evaluate_package(
     if len(y) == 0:
         raise data_mod.DataError(f"series {series_id}: no windows of {metadata.window} readings to evaluate")
     times = clean.times[b:]
-    target = Split(x, y, times[idx], int(clean.times[b]), int(clean.times[-1]), calendar_inputs(times[idx - 1], metadata.calendar))
-    result = split_metrics(target, predict_tflite(Path(package_dir) / MODEL_FILE, target.inputs), metadata.normalization)
+    target = Split(
+        x, y, times[idx], int(clean.times[b]), int(clean.times[-1]), calendar_inputs(times[idx - 1], metadata.calendar)
+    )
+    result = split_metrics(
+        target, predict_tflite(Path(package_dir) / MODEL_FILE, target.inputs), metadata.normalization
+    )
     result["beats_naive"] = beats_naive(result)
     emit(
-        f"{metadata.name} {metadata.version} on {series_id} ({split}): MAE {result['mae']:.4f} RMSE {result['rmse']:.4f}"
+        f"{metadata.name} {metadata.version} on {series_id} ({split}):"
+        f" MAE {result['mae']:.4f} RMSE {result['rmse']:.4f}"
         f" | naive MAE {result['naive_mae']:.4f} RMSE {result['naive_rmse']:.4f} | {result['windows']} windows"
         f" | beats naive: {'yes' if result['beats_naive'] else 'NO'}"
     )
@@ -346,20 +369,18 @@ def evaluate_package(
 
 
 def publish(
-    package_dir: Path, registry_location: str, promote: bool = False, emit: Emit = print, registry: Registry | None = None
+    package_dir: Path,
+    registry_location: str,
+    promote: bool = False,
+    emit: Emit = print,
+    registry: Registry | None = None,
 ) -> str:
     """`registry`: the one already opened for `registry_location` (a broker registry is a connection)."""
-    registry = registry or open_registry(registry_location)
+    if registry is None:
+        with closing(open_registry(registry_location)) as opened:
+            return publish(package_dir, registry_location, promote, emit, opened)
     version = registry.publish(Path(package_dir), promote=promote)
     name = read_metadata(Path(package_dir)).name
     event(log, "package_published", model=name, version=version, registry=str(registry_location), promoted=promote)
     emit(f"published {name} {version} to {registry_location}" + (" and promoted it to current" if promote else ""))
     return version
-
-
-def run_pipeline(config: TrainConfig, emit: Emit = print) -> tuple[TrainResult | None, str | None]:
-    """train -> evaluate -> quality gate -> publish [-> promote]: `retrain.run_retrain` (the CronJob's run)."""
-    from mlserving_training.retrain import run_retrain
-
-    outcome = run_retrain(config, emit)
-    return outcome.result, outcome.version

@@ -9,7 +9,12 @@ import numpy as np
 
 
 def plot_forecasts(
-    times: np.ndarray, actual: np.ndarray, predicted: np.ndarray, naive: np.ndarray, path: Path, title: str,
+    times: np.ndarray,
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    naive: np.ndarray,
+    path: Path,
+    title: str,
     last: int = 24 * 14,
 ) -> Path:
     """PNG of the last `last` test points (two weeks of hourly data by default)."""
@@ -28,7 +33,12 @@ def plot_forecasts(
 
 
 def plot_candidates(
-    times: np.ndarray, actual: np.ndarray, lines: dict[str, np.ndarray], path: Path, title: str, last: int = 336,
+    times: np.ndarray,
+    actual: np.ndarray,
+    lines: dict[str, np.ndarray],
+    path: Path,
+    title: str,
+    last: int = 336,
 ) -> Path:
     """PNG of actuals and any number of forecasts (models and baselines) over the last `last` targets."""
     import matplotlib
@@ -49,6 +59,7 @@ def plot_candidates(
 def _save(fig: Any, ax: Any, path: Path | str, title: str, xlabel: str, legend_size: str = "medium") -> Path:
     """Labels, legend and grid every forecast plot shares, then the PNG."""
     import matplotlib.pyplot as plt  # imported late like the callers: training only needs it here
+
     ax.set_xlabel(xlabel)
     ax.set_ylabel("value")
     ax.set_title(title)

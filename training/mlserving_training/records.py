@@ -26,7 +26,6 @@ as a retained message `<prefix>/_trainer/<name>/history/<tenant>/<series_id>` on
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from mlserving_common import protocol
+from mlserving_common import mqtt, protocol
 from mlserving_common.logs import event
 from mlserving_common.series import overlap_shift
 from mlserving_training.config import ConfigError, TrainConfig
@@ -55,6 +54,10 @@ def series_label(key: SeriesKey) -> str:
 
 class RecordsError(RuntimeError):
     """The broker session could not be used (connection, credentials, ACL)."""
+
+
+#: A connection lost mid-drain comes back on the same persistent session.
+RECONNECT = mqtt.Backoff(min_delay=0.5, max_delay=5.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,7 +90,7 @@ class SeriesHistory:
         by_source: dict[str, list[Record]] = {}
         for record in records:
             by_source.setdefault(record[0], []).append(record)
-        runs = list(zip(self.segments, self.ends))
+        runs = list(zip(self.segments, self.ends, strict=True))
         window = 0
         for items in by_source.values():
             runs += _chain(sorted(items, key=lambda r: (r[1], r[2])))
@@ -116,8 +119,9 @@ class SeriesHistory:
         return dropped
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"v": 2, "tenant": self.tenant, "series_id": self.series_id,
-                             "segments": self.segments, "ends": self.ends})
+        return orjson.dumps(
+            {"v": 2, "tenant": self.tenant, "series_id": self.series_id, "segments": self.segments, "ends": self.ends}
+        )
 
     @classmethod
     def from_json(cls, payload: bytes) -> SeriesHistory:
@@ -127,8 +131,12 @@ class SeriesHistory:
         segments = [[float(v) for v in s] for s in body["segments"]]
         ends = [float(t) for t in body.get("ends", [])]
         tenant, series_id = body.get("tenant", ""), body.get("series_id", "")
-        return cls(segments, ends if len(ends) == len(segments) else [0.0] * len(segments),
-                   tenant if isinstance(tenant, str) else "", series_id if isinstance(series_id, str) else "")
+        return cls(
+            segments,
+            ends if len(ends) == len(segments) else [0.0] * len(segments),
+            tenant if isinstance(tenant, str) else "",
+            series_id if isinstance(series_id, str) else "",
+        )
 
 
 #: (source, order within the source, index within the request, window)
@@ -142,17 +150,17 @@ def _chain(items: list[Record]) -> list[tuple[list[float], float]]:
     current: list[float] | None = None
     previous: list[float] = []
     for _, order, _, window in items:
-        window = [float(v) for v in window]
-        if not window:
+        values = [float(v) for v in window]
+        if not values:
             continue
-        k = overlap_shift(previous, window) if current is not None else None
-        if k is None:
-            current = list(window)
+        k = overlap_shift(previous, values) if current is not None else None
+        if current is None or k is None:
+            current = list(values)
             runs.append((current, order))
         elif k:
-            current.extend(window[len(window) - k :])
+            current.extend(values[len(values) - k :])
             runs[-1] = (current, order)
-        previous = window
+        previous = values
     return runs
 
 
@@ -242,8 +250,9 @@ class Drained:
     def drift_for(self, model: str, tenants: Iterable[str]) -> list[dict[str, Any]]:
         """Drift turned on for `model` by one of `tenants`: another tenant's drift never triggers."""
         wanted = set(tenants)
-        return [e for e in self.drift_events
-                if e.get("model") == model and e.get("tenant") in wanted and e.get("drift", 1)]
+        return [
+            e for e in self.drift_events if e.get("model") == model and e.get("tenant") in wanted and e.get("drift", 1)
+        ]
 
 
 def _password(config: TrainConfig) -> str | None:
@@ -256,56 +265,38 @@ def _password(config: TrainConfig) -> str | None:
 
 
 class _Session:
-    """A paho client on the trainer's persistent session, collecting what the broker delivers."""
+    """A connection on the trainer's persistent session, collecting what the broker delivers.
+
+    The first connect fails fast (a CronJob run should say why it cannot drain); a connection
+    lost later comes back on the same session, and the broker redelivers what it had not had
+    acknowledged. A record is acknowledged once collected (PUBACK after on_message returns).
+    """
 
     def __init__(self, config: TrainConfig) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.config = config
         self._cond = threading.Condition()
-        self.connected = False
-        self.refused: str | None = None
         self.session_present = False
-        self.suback: dict[int, list[Any]] = {}
         self.last_message = time.monotonic()
         self.records: list[tuple[str, dict[str, Any]]] = []
         self.histories: dict[str, bytes] = {}  # topic -> retained payload
         self.events: list[dict[str, Any]] = []
         self.messages = 0
         self.bad = 0
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.session_client_id, protocol=mqtt.MQTTv5)
-        if config.broker_username:
-            client.username_pw_set(config.broker_username, _password(config))
-        if config.broker_tls_ca_file:
-            client.tls_set(ca_certs=config.broker_tls_ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        self.client = client
+        options = mqtt.ConnectOptions(
+            config.broker_host,
+            config.broker_port,
+            client_id=config.session_client_id,
+            username=config.broker_username or None,
+            password=_password(config) if config.broker_username else None,
+            tls_ca_file=config.broker_tls_ca_file or None,
+            clean_start=False,
+            session_expiry=config.session_expiry_s,
+            reconnect=RECONNECT,
+        )
+        self.client = mqtt.Connection(options, on_message=self._on_message)
 
-    # paho callbacks (network thread)
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self._cond:
-            if reason_code.is_failure:
-                self.refused = str(reason_code)
-            else:
-                self.connected = True
-                self.session_present = bool(getattr(flags, "session_present", False))
-            self._cond.notify_all()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self._cond:
-            self.connected = False
-            self._cond.notify_all()
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        with self._cond:
-            self.suback[mid] = list(reason_codes)
-            self._cond.notify_all()
-
-    def _on_message(self, client, userdata, message) -> None:
+    # network thread
+    def _on_message(self, message: mqtt.Message) -> None:
         prefix = self.config.topic_prefix
         with self._cond:
             self.last_message = time.monotonic()
@@ -325,36 +316,27 @@ class _Session:
 
     # operations
     def connect(self, timeout: float = 30.0) -> None:
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.config.session_expiry_s
         try:
-            self.client.connect(self.config.broker_host, self.config.broker_port, keepalive=30,
-                                clean_start=False, properties=properties)
-        except OSError as exc:
-            raise RecordsError(f"broker {self.config.broker_host}:{self.config.broker_port}: {exc}") from None
-        self.client.loop_start()
-        with self._cond:
-            self._cond.wait_for(lambda: self.connected or self.refused, timeout)
-        if self.refused or not self.connected:
+            connack = self.client.connect(timeout)
+        except mqtt.ConnectRefused as exc:
             self.close()
-            raise RecordsError(f"broker refused the trainer session: {self.refused or 'timeout'}")
+            raise RecordsError(f"broker refused the trainer session: {exc}") from None
+        except (mqtt.MqttError, TimeoutError) as exc:
+            self.close()
+            raise RecordsError(f"broker {self.config.broker_host}:{self.config.broker_port}: {exc}") from None
+        self.session_present = connack.session_present
 
     def subscribe(self, filters: list[tuple[str, bool]], timeout: float = 30.0) -> None:
         """(filter, no_local) pairs at QoS 1; raises if the broker refuses any (ACL)."""
-        from paho.mqtt.subscribeoptions import SubscribeOptions
-
-        topics = [(topic, SubscribeOptions(qos=1, noLocal=no_local)) for topic, no_local in filters]
-        _, mid = self.client.subscribe(topics)
-        with self._cond:
-            if not self._cond.wait_for(lambda: mid in self.suback, timeout):
-                raise RecordsError("no SUBACK from the broker")
-            codes = self.suback[mid]
-        refused = [f for (f, _), rc in zip(filters, codes) if rc.is_failure]
-        if refused:
-            raise RecordsError(f"broker refused subscriptions {refused} (check the trainer's ACL)")
+        ack = self.client.subscribe([mqtt.subscription(topic, qos=1, no_local=no_local) for topic, no_local in filters])
+        try:
+            ack.wait(timeout)
+        except TimeoutError:
+            raise RecordsError("no SUBACK from the broker") from None
+        except mqtt.MqttError as exc:
+            raise RecordsError(f"no SUBACK from the broker: {exc}") from None
+        if ack.refused:
+            raise RecordsError(f"broker refused subscriptions {ack.refused} (check the trainer's ACL)")
 
     def wait_idle(self, idle: float, started_wall: float) -> None:
         """Until no message came for `idle` s, or fresh records (newer than the drain) flowed for `idle` s."""
@@ -369,16 +351,16 @@ class _Session:
             time.sleep(min(0.1, idle / 4))
 
     def publish_retained(self, topic: str, payload: bytes, timeout: float = 30.0) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=True)
-        info.wait_for_publish(timeout)
-        if not info.is_published():
-            raise RecordsError(f"history {topic} was not acknowledged by the broker")
+        try:
+            delivery = self.client.publish(topic, payload, qos=1, retain=True)
+            delivery.wait(timeout)
+        except (TimeoutError, mqtt.MqttError) as exc:
+            raise RecordsError(f"history {topic} was not acknowledged by the broker: {exc}") from None
+        if delivery.refused:
+            raise RecordsError(f"history {topic} was refused by the broker: {delivery.reason}")
 
     def close(self) -> None:
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+        self.client.close()
 
 
 def drain(config: TrainConfig, emit: Emit = print) -> Drained:
@@ -396,8 +378,10 @@ def drain(config: TrainConfig, emit: Emit = print) -> Drained:
         filters = [(protocol.events_topic("drift", config.topic_prefix), False)]
         if config.records:
             # One filter per tenant named: nobody else's records are even delivered.
-            filters += [(protocol.records_filter(tenant, config.series, config.topic_prefix), False)
-                        for tenant in config.tenants]
+            filters += [
+                (protocol.records_filter(tenant, config.series, config.topic_prefix), False)
+                for tenant in config.tenants
+            ]
             filters.append((history_topic(config), True))
         session.subscribe(filters)
         session.wait_idle(config.records_idle_seconds, started_wall)
@@ -416,13 +400,27 @@ def drain(config: TrainConfig, emit: Emit = print) -> Drained:
                 session.publish_retained(history_topic(config, key), history.to_json())
     finally:
         session.close()
-    result = Drained(histories, {k: len(v) for k, v in by_series.items()}, events, messages, rotated,
-                     session.session_present, ignored)
+    result = Drained(
+        histories,
+        {k: len(v) for k, v in by_series.items()},
+        events,
+        messages,
+        rotated,
+        session.session_present,
+        ignored,
+    )
     new_windows = {series_label(k): n for k, n in sorted(result.new_windows.items())}
     event(
-        log, "records drained", client_id=config.session_client_id, session_present=session.session_present,
-        tenants=config.tenants, messages=messages, ignored=ignored, new_windows=new_windows,
-        drift_events=len(events), readings={series_label(k): h.readings for k, h in histories.items()},
+        log,
+        "records drained",
+        client_id=config.session_client_id,
+        session_present=session.session_present,
+        tenants=config.tenants,
+        messages=messages,
+        ignored=ignored,
+        new_windows=new_windows,
+        drift_events=len(events),
+        readings={series_label(k): h.readings for k, h in histories.items()},
         rotated_out={series_label(k): n for k, n in rotated.items()},
     )
     emit(
@@ -467,7 +465,7 @@ def _select_records(
     ignored = {"other_tenant": 0, "other_model": 0}
     by_series: dict[SeriesKey, list[Record]] = {}
     for topic, record in records:
-        tenant = topic[len(prefix):].split("/", 1)[0] if topic.startswith(prefix) else ""
+        tenant = topic[len(prefix) :].split("/", 1)[0] if topic.startswith(prefix) else ""
         if tenant not in wanted or record.get("tenant") != tenant:
             ignored["other_tenant"] += 1
             continue

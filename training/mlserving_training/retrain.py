@@ -8,7 +8,8 @@ candidate refused by the gate is a normal outcome (exit 0), errors are not.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields, replace
+from contextlib import closing
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,23 @@ import numpy as np
 import pandas as pd
 
 from mlserving_common.logs import event
-from mlserving_common.package import METADATA_FILE, Metadata, read_metadata
-from mlserving_common.registry import open_registry
+from mlserving_common.package import Metadata, read_metadata
+from mlserving_common.registries import open_registry
 from mlserving_training import baselines as baselines_mod
 from mlserving_training import data as data_mod
 from mlserving_training import records as records_mod
 from mlserving_training.config import STANDARD_COLUMNS, TrainConfig
 from mlserving_training.features import split_bounds
-from mlserving_training.gate import GateDecision, GateError, build_holdout, decide, package_forecast
-from mlserving_training.pipeline import Emit, TrainResult, clean_rows, evaluate_package, load_data, publish, train
+from mlserving_training.gate import (
+    GateDecision,
+    GateError,
+    backtest_forecast,
+    build_holdout,
+    decide,
+    override,
+    publish_on_record,
+)
+from mlserving_training.pipeline import Emit, TrainResult, clean_rows, evaluate_package, load_data, train
 
 log = logging.getLogger("mlserving.training.retrain")
 
@@ -91,13 +100,16 @@ def live_series_key(
 
 
 def evaluate_gate(
-    config: TrainConfig, raw: data_mod.RawData, candidate_dir: Path, serving_dir: Path | None,
+    config: TrainConfig,
+    raw: data_mod.RawData,
+    candidate_dir: Path,
+    serving_dir: Path | None,
     serving_version: str | None,
 ) -> GateDecision:
     """Candidate, serving version, naive and every baseline on the same newest holdout targets,
     as backtest means over `config.backtest_folds` rolling-origin folds (mlserving_training.baselines)."""
     candidate = read_metadata(candidate_dir)
-    series_id, rows = data_mod.select_series(raw, candidate.series_id)
+    _, rows = data_mod.select_series(raw, candidate.series_id)
     clean, _ = clean_rows(config.to_dict(), rows)
     windows = [candidate.window]
     if serving_dir is not None:
@@ -105,77 +117,103 @@ def evaluate_gate(
     holdout = build_holdout(clean, config.train_fraction, config.val_fraction, max(windows))
     _, start = split_bounds(len(clean), config.train_fraction, config.val_fraction)
     comparison = baselines_mod.compare(
-        clean, holdout.targets, candidate.window, start, package_forecast(candidate_dir, holdout, clean.times),
-        candidate.calendar or None, config.backtest_folds,
+        clean,
+        holdout.targets,
+        candidate.window,
+        start,
+        backtest_forecast(candidate_dir, holdout, clean, start, config.backtest_folds),
+        candidate.calendar or None,
+        config.backtest_folds,
     )
     table = comparison.to_dict()
     kind = candidate.training.get("config", {}).get("model", "")
-    mean = {name: table["candidates"][name]["backtest_mae_mean"] for name in ["model", *baselines_mod.rivals(table, kind)]}
+    mean = {
+        name: table["candidates"][name]["backtest_mae_mean"] for name in ["model", *baselines_mod.rivals(table, kind)]
+    }
     serving = None
     if serving_dir is not None:
         kept = np.isin(holdout.targets, comparison.targets)
-        error = np.abs(package_forecast(serving_dir, holdout, clean.times)[kept] - comparison.actual)
+        error = np.abs(
+            backtest_forecast(serving_dir, holdout, clean, start, config.backtest_folds)[kept] - comparison.actual
+        )
         serving = float(np.mean([np.mean(error[f]) for f in comparison.folds]))
     others = {name: mae for name, mae in mean.items() if name not in ("model", "naive")}
     if config.gate_baselines == "naive":
         others = {}
-    decision = decide(mean["model"], mean["naive"], serving, config.gate_margin, serving_version,
-                      len(comparison.targets), others)
+    decision = decide(
+        mean["model"], mean["naive"], serving, config.gate_margin, serving_version, len(comparison.targets), others
+    )
     if config.gate_baselines == "naive":
         decision = replace(decision, reason=f"{decision.reason} (gate_baselines: naive, the others not required)")
     if not config.gate:
-        decision = replace(decision, passed=True, reason=f"gate disabled (gate: false); {decision.reason}")
+        decision = override(decision, "gate disabled (gate: false)", model=candidate.name, package=str(candidate_dir))
     return decision
 
 
 def recorded_config(metadata: Metadata, **overrides: Any) -> TrainConfig:
     """The TrainConfig a package was trained with (its metadata.training.config), plus overrides."""
-    known = {f.name for f in fields(TrainConfig)}
+    known = set(TrainConfig.model_fields)
     recorded = {k: v for k, v in metadata.training.get("config", {}).items() if k in known}
-    return TrainConfig().merged({**recorded, **{k: v for k, v in overrides.items() if v is not None}},
-                                source=f"{metadata.name} metadata")
+    return TrainConfig().merged(
+        {**recorded, **{k: v for k, v in overrides.items() if v is not None}}, source=f"{metadata.name} metadata"
+    )
 
 
 def publish_promote_gated(
-    package_dir: Path, registry_location: str, data: str = "", margin: float | None = None,
-    force: bool = False, emit: Emit = print,
+    package_dir: Path,
+    registry_location: str,
+    data: str = "",
+    margin: float | None = None,
+    force: bool = False,
+    emit: Emit = print,
+    version: str | None = None,
 ) -> str | None:
-    """`publish --promote`: the CronJob's gate on the package's own training data (or `data`).
+    """`publish --promote`, and `promote` of a `version` already published: the CronJob's gate on
+    the package's own training data (or `data`). Returns the version promoted.
 
-    Passed: published and promoted. Refused: nothing published (None), unless `force`: then it is
-    promoted anyway, logged as `gate_forced` and recorded in metadata.gate (forced: true).
+    Passed: published and promoted (`version`: the pointer moves to it). Refused: nothing changes
+    (None), unless `force`: then it is promoted anyway, logged as `gate_forced` and recorded in
+    metadata.gate (forced: true); a forced `version` is published again as a copy carrying that
+    record (`copy_of`), because a published version never changes.
     """
-    import shutil
-    import tempfile
-
     metadata = read_metadata(package_dir)
     config = recorded_config(metadata, data=data or None, gate_margin=margin, gate=True)
     raw = load_data(config, emit)
     recorded_sha = metadata.data.get("sha256")
     if not data and recorded_sha and raw.sha256 != recorded_sha:
-        raise GateError(f"{metadata.name}: its training data {raw.source} changed since training"
-                        " (sha256 differs); pass --data with the CSV to judge it on")
-    registry = open_registry(registry_location)
-    serving_version = registry.current(metadata.name)
-    serving_dir = registry.fetch(metadata.name, serving_version) if serving_version else None
-    decision = evaluate_gate(config, raw, Path(package_dir), serving_dir, serving_version)
-    if not decision.passed and force:
-        decision = replace(decision, forced=True, reason=f"forced over a refusal: {decision.reason}")
-        event(log, "gate_forced", model=metadata.name, package=str(package_dir), **decision.to_dict())
-    emit(decision.line())
-    common = {"model": metadata.name, "series_id": metadata.series_id, "data_source": raw.source, **decision.to_dict()}
-    if not decision.passed and not force:
-        event(log, "publish decision", action="refused", **common)
-        emit(f"publish {metadata.name}: refused by the gate; {serving_version or 'nothing'} keeps serving;"
-             " nothing published (--force promotes anyway, on record)")
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "package"
-        shutil.copytree(package_dir, staged)
-        (staged / METADATA_FILE).write_text(replace(metadata, gate=decision.to_dict()).to_json())
-        version = publish(staged, registry_location, True, emit, registry=registry)
-    event(log, "publish decision", action="promoted", version=version, **common)
-    return version
+        raise GateError(
+            f"{metadata.name}: its training data {raw.source} changed since training"
+            " (sha256 differs); pass --data with the CSV to judge it on"
+        )
+    with closing(open_registry(registry_location)) as registry:
+        serving_version = registry.current(metadata.name)
+        serving_dir = registry.fetch(metadata.name, serving_version) if serving_version else None
+        decision = evaluate_gate(config, raw, Path(package_dir), serving_dir, serving_version)
+        if force:
+            decision = override(decision, "--force", model=metadata.name, package=str(package_dir))
+        emit(decision.line())
+        door = "promote" if version else "publish"
+        common = {
+            "model": metadata.name,
+            "series_id": metadata.series_id,
+            "data_source": raw.source,
+            **decision.to_dict(),
+        }
+        if not decision.admitted:
+            event(log, f"{door} decision", action="refused", **common)
+            emit(
+                f"{door} {metadata.name}: refused by the gate; {serving_version or 'nothing'} keeps serving;"
+                f" {'not promoted' if version else 'nothing published'} (--force promotes anyway, on record)"
+            )
+            return None
+        if version and decision.passed:
+            registry.promote(metadata.name, version)
+            promoted = version
+        else:
+            note = {"copy_of": version} if version else {}
+            promoted = publish_on_record(Path(package_dir), decision, registry, registry_location, True, emit, **note)
+        event(log, f"{door} decision", action="promoted", version=promoted, **common)
+        return promoted
 
 
 def run_retrain(config: TrainConfig, emit: Emit = print) -> RetrainOutcome:
@@ -188,8 +226,10 @@ def run_retrain(config: TrainConfig, emit: Emit = print) -> RetrainOutcome:
         if config.trigger == "drift":
             events = drained.drift_for(name, config.tenants)
             if not events:
-                reason = (f"trigger is 'drift' and no server reported drift for {name} of tenants"
-                          f" {', '.join(config.tenants)} since the last run")
+                reason = (
+                    f"trigger is 'drift' and no server reported drift for {name} of tenants"
+                    f" {', '.join(config.tenants)} since the last run"
+                )
                 event(log, "retrain decision", model=name, action="skipped", reason=reason)
                 emit(f"retrain {name}: skipped ({reason})")
                 return RetrainOutcome("skipped", reason=reason)
@@ -209,24 +249,29 @@ def run_retrain(config: TrainConfig, emit: Emit = print) -> RetrainOutcome:
         emit("registry: not configured; package left unpublished")
         return RetrainOutcome("unpublished", result=result, reason="no registry configured")
 
-    registry = open_registry(config.registry)
-    serving_version = registry.current(name)
-    serving_dir = registry.fetch(name, serving_version) if serving_version else None
-    decision = evaluate_gate(config, raw, result.package_dir, serving_dir, serving_version)
-    emit(decision.line())
-    common = {"model": name, "series_id": result.metadata.series_id, "data_source": raw.source, **decision.to_dict()}
-    if not decision.passed:
-        event(log, "retrain decision", action="refused", **common)
-        emit(f"retrain {name}: candidate refused; {serving_version or 'nothing'} keeps serving; nothing published")
-        return RetrainOutcome("refused", decision, result=result, reason=decision.reason)
+    with closing(open_registry(config.registry)) as registry:
+        serving_version = registry.current(name)
+        serving_dir = registry.fetch(name, serving_version) if serving_version else None
+        decision = evaluate_gate(config, raw, result.package_dir, serving_dir, serving_version)
+        emit(decision.line())
+        common = {
+            "model": name,
+            "series_id": result.metadata.series_id,
+            "data_source": raw.source,
+            **decision.to_dict(),
+        }
+        if not decision.admitted:
+            event(log, "retrain decision", action="refused", **common)
+            emit(f"retrain {name}: candidate refused; {serving_version or 'nothing'} keeps serving; nothing published")
+            return RetrainOutcome("refused", decision, result=result, reason=decision.reason)
 
-    version = publish(result.package_dir, config.registry, config.promote, emit, registry=registry)
-    action = "promoted" if config.promote else "published"
-    event(log, "retrain decision", action=action, version=version, promoted=config.promote, **common)
-    if not config.promote:
-        emit(
-            f"retrain {name}: {version} published, not promoted (promote: false). Serve it with"
-            f" `helm upgrade --reuse-values --set model.version={version}` (pins every tenant) or"
-            f" `mlserving-train promote --registry {config.registry} {name} {version}`"
-        )
-    return RetrainOutcome(action, decision, version, result, decision.reason)
+        version = publish_on_record(result.package_dir, decision, registry, config.registry, config.promote, emit)
+        action = "promoted" if config.promote else "published"
+        event(log, "retrain decision", action=action, version=version, promoted=config.promote, **common)
+        if not config.promote:
+            emit(
+                f"retrain {name}: {version} published, not promoted (promote: false). Serve it with"
+                f" `helm upgrade --reuse-values --set model.version={version}` (pins every tenant) or"
+                f" `mlserving-train promote --registry {config.registry} {name} {version}`"
+            )
+        return RetrainOutcome(action, decision, version, result, decision.reason)

@@ -30,7 +30,7 @@ def parse_interval(text: str | float | int) -> float:
         if not raw:
             return 0.0
         number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
-        unit = raw[len(number):] or "s"
+        unit = raw[len(number) :] or "s"
         if unit not in _DURATION_UNITS:
             raise CleaningError(f"interval: {text!r} has unknown unit {unit!r}; use one of {sorted(_DURATION_UNITS)}")
         try:

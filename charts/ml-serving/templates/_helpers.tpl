@@ -247,92 +247,33 @@ effectiveResponseTopic (overrides or the protocol's defaults), minReplicas (the 
 {{- end }}
 
 {{/*
-The server config of one tenant (list $ name tenant): exactly the schema of
-mlserving_server.config (images/server). Never holds a secret: the password is a file.
+The server config of one tenant (list $ name tenant): server.config as given (its schema is
+generated from mlserving_server.config), plus what the chart computes: broker address and
+credential file, topics, registry, the tenant's entry. Never holds a secret: the password is a file.
 */}}
 {{- define "ml-serving.serverConfig" -}}
 {{- $root := index . 0 }}
 {{- $name := index . 1 }}
 {{- $t := index . 2 }}
 {{- $v := $root.Values }}
-{{- $c := $v.server.config }}
-{{- $tls := include "ml-serving.broker.tls" $root -}}
-broker:
-  host: {{ include "ml-serving.broker.host" $root | quote }}
-  port: {{ include "ml-serving.broker.port" $root }}
-  username: {{ $v.broker.users.server.username | quote }}
-  password_file: /etc/ml-serving/broker/password
-  keepalive: {{ $c.keepalive | int64 }}
-  tls:
-    enabled: {{ ternary "true" "false" (eq $tls "true") }}
-    ca_file: {{ if $tls }}{{ include "ml-serving.caDir" $root }}/ca.crt{{ else }}null{{ end }}
-topic_prefix: {{ $v.topicPrefix | quote }}
-share_group: {{ $v.shareGroup | quote }}
-qos: {{ $v.qos }}
-registry:
-  {{- if eq $v.registry.kind "broker" }}
-  kind: broker
-  {{- end }}
-  path: /models
-  poll_seconds: {{ $v.registry.pollSeconds }}
-batching:
-  max_batch: {{ $c.batching.maxBatch | int64 }}
-  max_wait_ms: {{ $c.batching.maxWaitMs }}
-limits:
-  max_payload_bytes: {{ $c.limits.maxPayloadBytes | int64 }}
-  max_instances: {{ $c.limits.maxInstances | int64 }}
-  max_pending: {{ $c.limits.maxPending | int64 }}
-  max_pending_bytes: {{ $c.limits.maxPendingBytes | int64 }}
-  max_correlation_bytes: {{ $c.limits.maxCorrelationBytes | int64 }}
-  receive_maximum: {{ $c.limits.receiveMaximum | int64 }}
-  max_outgoing: {{ $c.limits.maxOutgoing | int64 }}
-http:
-  host: 0.0.0.0
-  port: {{ $c.httpPort | int64 }}
-drain_seconds: {{ $c.drainSeconds }}
-log_level: {{ $c.logLevel }}
-{{- $lc := $c.lifecycle }}
-lifecycle:
-  live_accuracy:
-    enabled: {{ $lc.liveAccuracy.enabled }}
-    window: {{ $lc.liveAccuracy.window | int64 }}
-    max_series: {{ $lc.liveAccuracy.maxSeries | int64 }}
-  drift:
-    enabled: {{ $lc.drift.enabled }}
-    error_factor: {{ $lc.drift.errorFactor }}
-    min_scored: {{ $lc.drift.minScored | int64 }}
-    psi_threshold: {{ $lc.drift.psiThreshold }}
-    input_window: {{ $lc.drift.inputWindow | int64 }}
-    publish_events: {{ $lc.drift.publishEvents }}
-  auto_rollback:
-    enabled: {{ $lc.autoRollback.enabled }}
-    margin: {{ $lc.autoRollback.margin }}
-    min_scored: {{ $lc.autoRollback.minScored | int64 }}
-    window_seconds: {{ $lc.autoRollback.windowSeconds }}
-tenants:
-  {{ $name }}:
-    models:
-      {{- range $m, $ver := $t.models }}
-      {{ $m }}: {{ $ver | quote }}
-      {{- end }}
-    default_model: {{ $t.defaultModel }}
-    request_topic: {{ if $t.requestTopic }}{{ $t.requestTopic | quote }}{{ else }}null{{ end }}
-    response_topic: {{ if $t.responseTopic }}{{ $t.responseTopic | quote }}{{ else }}null{{ end }}
-    rate_limit:
-      per_second: {{ $t.rateLimit.perSecond }}
-      burst: {{ $t.rateLimit.burst | int64 }}
-    {{- if $t.shadow }}
-    shadow:
-      {{- range $m, $ver := $t.shadow }}
-      {{ $m }}: {{ $ver | quote }}
-      {{- end }}
-    {{- end }}
-    record: {{ $t.record }}
-    {{- if $t.legacy }}
-    legacy:
-      mean: {{ $t.legacy.mean | toJson }}
-      scale: {{ $t.legacy.scale | toJson }}
-    {{- end }}
+{{- include "ml-serving.configRules" $root }}
+{{- $tls := not (empty (include "ml-serving.broker.tls" $root)) }}
+{{- $config := deepCopy $v.server.config }}
+{{- $broker := dict "host" (include "ml-serving.broker.host" $root) "port" (include "ml-serving.broker.port" $root | int64)
+      "username" $v.broker.users.server.username "passwordFile" "/etc/ml-serving/broker/password"
+      "tls" (dict "enabled" $tls "caFile" (ternary (printf "%s/ca.crt" (include "ml-serving.caDir" $root)) nil $tls)) }}
+{{- $_ := set $config "broker" (merge $broker (default dict $config.broker)) }}
+{{- $_ := set $config "http" (merge (dict "host" "0.0.0.0") (default dict $config.http)) }}
+{{- $registry := dict "path" "/models" "pollSeconds" $v.registry.pollSeconds }}
+{{- if eq $v.registry.kind "broker" }}{{ $_ := set $registry "kind" "broker" }}{{ end }}
+{{- $tenant := dict "models" $t.models "defaultModel" $t.defaultModel "rateLimit" $t.rateLimit "record" $t.record
+      "requestTopic" (ternary $t.requestTopic nil (not (empty $t.requestTopic)))
+      "responseTopic" (ternary $t.responseTopic nil (not (empty $t.responseTopic))) }}
+{{- with $t.shadow }}{{ $_ := set $tenant "shadow" . }}{{ end }}
+{{- with $t.legacy }}{{ $_ := set $tenant "legacy" . }}{{ end }}
+{{- $computed := dict "topicPrefix" $v.topicPrefix "shareGroup" $v.shareGroup "qos" $v.qos "registry" $registry
+      "tenants" (dict $name $tenant) }}
+{{- toYaml (merge $config $computed) }}
 {{- end }}
 
 {{/* Pod-level scheduling keys shared by the workloads: (dict with nodeSelector tolerations affinity priorityClassName). */}}
@@ -485,45 +426,39 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 {{- end }}
 
 {{/*
-Trainer config of one model (list $ name model): the TrainConfig of mlserving_training
-(`mlserving-train pipeline --config`). Never holds a secret.
+Trainer config of one model (list $ name model): the entry's `settings` as given (their schema is
+generated from mlserving_training.config.TrainConfig), plus what the chart computes from the entry:
+data, registry, gate, records and the broker session (`mlserving-train pipeline --config`).
+Never holds a secret.
 */}}
 {{- define "ml-serving.trainerConfig" -}}
 {{- $root := index . 0 }}
 {{- $name := index . 1 }}
 {{- $m := index . 2 }}
-{{- $data := default dict $m.data -}}
-model: {{ default $name $m.kind }}
-name: {{ $name }}
-{{- if eq (default "generated" $data.source) "pvc" }}
-data: {{ printf "/data/%s" (required (printf "retraining.models.%s.data.path: required with data.source=pvc" $name) $data.path) | clean | quote }}
-{{- else }}
-data: ""
-{{- end }}
-series: {{ default "" $data.series | quote }}
-{{- if eq $root.Values.registry.kind "broker" }}
+{{- $v := $root.Values }}
+{{- $data := default dict $m.data }}
+{{- $records := default dict $m.records }}
 {{- $tls := include "ml-serving.broker.tls" $root }}
-{{- $where := printf "%s@%s:%s/%s" $root.Values.broker.users.trainer.username (include "ml-serving.broker.host" $root) (include "ml-serving.broker.port" $root) $root.Values.topicPrefix }}
+{{- $config := dict "model" (default $name $m.kind) "name" $name "series" (default "" $data.series)
+      "registry" "/models" "promote" (default false $m.autoPromote) "out" (printf "/tmp/packages/%s" $name)
+      "plot" "none" "trigger" (default "schedule" $m.trigger) "records" (default false $records.enabled) "data" "" }}
+{{- if eq (default "generated" $data.source) "pvc" }}
+{{- $_ := set $config "data" (printf "/data/%s" (required (printf "retraining.models.%s.data.path: required with data.source=pvc" $name) $data.path) | clean) }}
+{{- end }}
+{{- if eq $v.registry.kind "broker" }}
+{{- /* Broker-backed registry (BrokerLocation in common/mlserving_common/broker_registry.py); the
+       image's baked /models seeds it on the first publish. */}}
+{{- $where := printf "%s@%s:%s/%s" $v.broker.users.trainer.username (include "ml-serving.broker.host" $root) (include "ml-serving.broker.port" $root) $v.topicPrefix }}
 {{- $query := "password_file=/etc/ml-serving/broker/password&seed=/models&cache=/tmp/registry" }}
 {{- if $tls }}{{ $query = printf "%s&ca_file=%s/ca.crt" $query (include "ml-serving.caDir" $root) }}{{ end }}
-# Broker-backed registry (BrokerLocation in common/mlserving_common/broker_registry.py); the image's
-# baked /models seeds it on the first publish.
-registry: {{ printf "%s://%s?%s" (ternary "mqtts" "mqtt" (not (empty $tls))) $where $query | quote }}
-{{- else }}
-registry: /models
+{{- $_ := set $config "registry" (printf "%s://%s?%s" (ternary "mqtts" "mqtt" (not (empty $tls))) $where $query) }}
 {{- end }}
-promote: {{ ternary "true" "false" (default false $m.autoPromote) }}
-out: {{ printf "/tmp/packages/%s" $name | quote }}
-plot: none
 {{- if and $m.qualityGate (not (kindIs "invalid" $m.qualityGate.margin)) }}
-gate_margin: {{ $m.qualityGate.margin }}
+{{- $_ := set $config "gateMargin" $m.qualityGate.margin }}
 {{- end }}
 {{- if and $m.qualityGate (eq (toString $m.qualityGate.enabled) "false") }}
-gate: false
+{{- $_ := set $config "gate" false }}
 {{- end }}
-trigger: {{ default "schedule" $m.trigger }}
-{{- $records := default dict $m.records }}
-records: {{ ternary "true" "false" (default false $records.enabled) }}
 {{- if include "ml-serving.trainerUsesBroker" $m }}
 {{- /* The tenants whose live records and drift events this trainer may use: records.tenants, or
        every tenant served this model. Never all tenants by default (docs/lifecycle.md). */}}
@@ -541,21 +476,16 @@ records: {{ ternary "true" "false" (default false $records.enabled) }}
 {{- if not $tenants }}
 {{- fail (printf "retraining.models.%s: no tenant is served model %s; set records.tenants (its records and drift events are per tenant)" $name $name) }}
 {{- end }}
-tenants: {{ $tenants | toJson }}
-{{- $tls := include "ml-serving.broker.tls" $root }}
-# The trainer's persistent broker session: live records and drift events (docs/lifecycle.md).
-broker_host: {{ include "ml-serving.broker.host" $root | quote }}
-broker_port: {{ include "ml-serving.broker.port" $root }}
-broker_username: {{ $root.Values.broker.users.trainer.username | quote }}
-broker_password_file: /etc/ml-serving/broker/password
-{{- if $tls }}
-broker_tls_ca_file: {{ include "ml-serving.caDir" $root }}/ca.crt
+{{- /* The trainer's persistent broker session, owned by its login: the broker plugin refuses
+       this client id to anyone else (docs/lifecycle.md). */}}
+{{- $_ := set $config "tenants" $tenants }}
+{{- $_ := set $config "brokerHost" (include "ml-serving.broker.host" $root) }}
+{{- $_ := set $config "brokerPort" (include "ml-serving.broker.port" $root | int64) }}
+{{- $_ := set $config "brokerUsername" $v.broker.users.trainer.username }}
+{{- $_ := set $config "brokerPasswordFile" "/etc/ml-serving/broker/password" }}
+{{- if $tls }}{{ $_ := set $config "brokerTlsCaFile" (printf "%s/ca.crt" (include "ml-serving.caDir" $root)) }}{{ end }}
+{{- $_ := set $config "topicPrefix" $v.topicPrefix }}
+{{- $_ := set $config "clientId" (printf "%s:trainer-%s" $v.broker.users.trainer.username $name | trunc 64) }}
 {{- end }}
-topic_prefix: {{ $root.Values.topicPrefix | quote }}
-# Owned by the trainer's login: the broker plugin refuses this id to anyone else.
-client_id: {{ printf "%s:trainer-%s" $root.Values.broker.users.trainer.username $name | trunc 64 | quote }}
-{{- end }}
-{{- range $key, $value := (default dict $m.settings) }}
-{{ $key }}: {{ $value | toJson }}
-{{- end }}
+{{- toYaml (merge $config (default dict $m.settings)) }}
 {{- end }}

@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 from mlserving_common import protocol
+from mlserving_common.broker_registry import BrokerLocation
 from mlserving_common.logs import event
-from mlserving_common.broker_registry import BrokerLocation, BrokerRegistry
-from mlserving_common.registry import FilesystemRegistry, Registry, open_registry
-
+from mlserving_common.registries import open_registry
+from mlserving_common.registry import Registry
 from mlserving_server.config import ServerConfig
 from mlserving_server.http import HttpServer
 from mlserving_server.lifecycle import Lifecycle
@@ -50,10 +50,10 @@ def open_server_registry(config: ServerConfig) -> Registry:
         username=broker.username,
         tls=broker.tls.enabled,
         ca_file=broker.tls.ca_file,
+        seed=config.registry.path,
         cache=config.registry.cache_dir,
     )
-    seed = FilesystemRegistry(config.registry.path)
-    return BrokerRegistry(location, seed=seed, password=broker.password, client_id=service_client_id(config)).connect()
+    return open_registry(location, client_id=service_client_id(config), password=broker.password)
 
 
 class Server:
@@ -61,17 +61,23 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         client_id = service_client_id(config)
+        self.registry = open_server_registry(config)
         self.store = ModelStore(
             config.model_versions(),
-            open_server_registry(config),
+            self.registry,
             self.metrics,
             config.batching.max_batch,
             config.registry.poll_seconds,
             on_swap=self._on_swap,
             optional=config.shadow_versions(),
         )
-        self.lifecycle = Lifecycle(config, self.metrics, shadow_runtime=self.store.get, roll_back=self.store.roll_back,
-                                   pinned=self.store.pinned)
+        self.lifecycle = Lifecycle(
+            config,
+            self.metrics,
+            shadow_runtime=self.store.get,
+            roll_back=self.store.roll_back,
+            pinned=self.store.pinned,
+        )
         self.pipeline = Pipeline(config, self.store, self.metrics, self.lifecycle)
         self.transport = Transport(config, self.metrics, self.pipeline.admit, client_id=client_id)
         self.pipeline.transport = self.transport
@@ -136,6 +142,7 @@ class Server:
         unacked = self.transport.unacked()
         self.transport.stop()
         self.store.stop()
+        self.registry.close()
         self.http.stop()
         event(
             log,
@@ -151,12 +158,7 @@ class Server:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         subscribed = self.transport.subscribed()
         models = self.store.all_loaded()
-        ready = (
-            not self._draining
-            and self.transport.connected
-            and models
-            and subscribed == set(self.config.tenants)
-        )
+        ready = not self._draining and self.transport.connected and models and subscribed == set(self.config.tenants)
         self.metrics.ready.set(1 if ready else 0)
         return ready, {
             "connected": self.transport.connected,
@@ -169,8 +171,15 @@ class Server:
         }
 
     # -- model swaps -------------------------------------------------------------------------
-    def _on_swap(self, model: str, spec: str, old: ModelRuntime | None, new: ModelRuntime, reason: str = "registry",
-                 tenant: str | None = None) -> None:
+    def _on_swap(
+        self,
+        model: str,
+        spec: str,
+        old: ModelRuntime | None,
+        new: ModelRuntime,
+        reason: str = "registry",
+        tenant: str | None = None,
+    ) -> None:
         self.lifecycle.on_swap(model, spec, old, new, reason, tenant)
         for name in self.lifecycle.swapped_tenants(model, spec, tenant):
             if old is not None and old.version != new.version:

@@ -10,7 +10,6 @@ import sys
 import orjson
 
 from mlserving_common import logs
-
 from mlserving_server.config import ConfigError, load_config, summary
 
 DEFAULT_CONFIG = "/etc/ml-serving/server.yaml"
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(orjson.dumps(summary(config), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     logs.configure(config.log_level)
-    # Imported late: --help and --check-config need neither LiteRT nor paho.
+    # Imported late: --help and --check-config need neither LiteRT nor the MQTT connection.
     from mlserving_server.app import Server
 
     return Server(config).run()

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlserving_common.logs import event
-
 from mlserving_server.config import AutoRollbackConfig
 from mlserving_server.live import LiveScores
 from mlserving_server.runtime import ModelRuntime
@@ -57,7 +56,9 @@ class _Watch:
 
 
 class RollbackGuard:
-    def __init__(self, config: AutoRollbackConfig, scores: LiveScores, roll_back: RollBack, on_rollback: Notify) -> None:
+    def __init__(
+        self, config: AutoRollbackConfig, scores: LiveScores, roll_back: RollBack, on_rollback: Notify
+    ) -> None:
         self.config = config
         self._scores = scores
         self._roll_back = roll_back
@@ -76,17 +77,35 @@ class RollbackGuard:
         with self._lock:
             self._watching.pop((tenant, model), None)
         if baseline is None or baseline.count < self.config.min_scored or baseline.mae is None:
-            event(log, "auto-rollback guard skipped", tenant=tenant, model=model, version=new.version,
-                  predecessor=old.version,
-                  reason=f"the tenant has {baseline.count if baseline else 0} scored forecasts of the predecessor,"
-                         f" fewer than min_scored={self.config.min_scored}")
+            event(
+                log,
+                "auto-rollback guard skipped",
+                tenant=tenant,
+                model=model,
+                version=new.version,
+                predecessor=old.version,
+                reason=f"the tenant has {baseline.count if baseline else 0} scored forecasts of the predecessor,"
+                f" fewer than min_scored={self.config.min_scored}",
+            )
             return
-        watch = _Watch(tenant, model, spec, old, new.version, baseline.mae, baseline.count, time.monotonic(), time.time())
+        watch = _Watch(
+            tenant, model, spec, old, new.version, baseline.mae, baseline.count, time.monotonic(), time.time()
+        )
         with self._lock:
             self._watching[(tenant, model)] = watch
-        event(log, "auto-rollback guard armed", tenant=tenant, model=model, version=new.version,
-              predecessor=old.version, predecessor_live_mae=round(baseline.mae, 6), predecessor_scored=baseline.count,
-              margin=self.config.margin, min_scored=self.config.min_scored, window_seconds=self.config.window_seconds)
+        event(
+            log,
+            "auto-rollback guard armed",
+            tenant=tenant,
+            model=model,
+            version=new.version,
+            predecessor=old.version,
+            predecessor_live_mae=round(baseline.mae, 6),
+            predecessor_scored=baseline.count,
+            margin=self.config.margin,
+            min_scored=self.config.min_scored,
+            window_seconds=self.config.window_seconds,
+        )
 
     # -- worker thread -------------------------------------------------------------------------
     def on_score(self, tenant: str, model: str, version: str, error: float) -> None:
@@ -119,14 +138,26 @@ class RollbackGuard:
         self._record(watch, "rolled back" if swapped else "pointer already moved", elapsed, mae, limit, swap_seconds)
 
     def _record(
-        self, watch: _Watch, decision: str, elapsed: float, mae: float | None = None, limit: float | None = None,
+        self,
+        watch: _Watch,
+        decision: str,
+        elapsed: float,
+        mae: float | None = None,
+        limit: float | None = None,
         swap_seconds: float | None = None,
     ) -> None:
         figures = {
-            "tenant": watch.tenant, "model": watch.model, "version": watch.version, "predecessor": watch.predecessor.version,
-            "decision": decision, "live_mae": None if mae is None else round(mae, 6),
-            "predecessor_live_mae": round(watch.baseline_mae, 6), "limit": None if limit is None else round(limit, 6),
-            "margin": self.config.margin, "scored": watch.count, "seconds_since_swap": round(elapsed, 3),
+            "tenant": watch.tenant,
+            "model": watch.model,
+            "version": watch.version,
+            "predecessor": watch.predecessor.version,
+            "decision": decision,
+            "live_mae": None if mae is None else round(mae, 6),
+            "predecessor_live_mae": round(watch.baseline_mae, 6),
+            "limit": None if limit is None else round(limit, 6),
+            "margin": self.config.margin,
+            "scored": watch.count,
+            "seconds_since_swap": round(elapsed, 3),
         }
         if swap_seconds is not None:
             figures["swap_back_seconds"] = round(swap_seconds, 6)

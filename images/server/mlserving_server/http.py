@@ -25,7 +25,7 @@ class HttpServer:
             server_version = "mlserving"
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     self._reply(200, b'{"status":"ok"}\n', "application/json")

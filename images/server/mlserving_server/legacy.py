@@ -15,7 +15,6 @@ from typing import Any
 
 from mlserving_common import protocol
 from mlserving_common.protocol import ErrorCode, ProtocolError, Request
-
 from mlserving_server.config import LegacyConfig
 
 
@@ -33,7 +32,8 @@ def to_readings(request: Request, legacy: LegacyConfig | None, tenant: str) -> R
     if not all(protocol.numbers_fit_float32(row) for row in instances):
         raise ProtocolError(
             ErrorCode.INVALID_REQUEST,
-            f"norm_1..norm_6 as readings (value * {legacy.scale:g} + {legacy.mean:g}) are outside float32's finite range",
+            f"norm_1..norm_6 as readings (value * {legacy.scale:g} + {legacy.mean:g})"
+            " are outside float32's finite range",
             request.id,
         )
     return dataclasses.replace(request, instances=instances)

@@ -19,7 +19,6 @@ import orjson
 from mlserving_common import protocol
 from mlserving_common.logs import event
 from mlserving_common.protocol import Request
-
 from mlserving_server.config import CURRENT, ServerConfig, TenantConfig
 from mlserving_server.drift import InputWindow, reference_mae, signal_payload
 from mlserving_server.guard import RollbackGuard
@@ -68,19 +67,30 @@ class Lifecycle:
         self.live_enabled = self.settings.live_accuracy.enabled
         self.drift_enabled = self.settings.drift.enabled
         #: Anything to do after a batch at all (else the pipeline skips the call).
-        self.active = self.live_enabled or self.drift_enabled or any(
-            t.shadow or t.record for t in config.tenants.values())
+        self.active = (
+            self.live_enabled or self.drift_enabled or any(t.shadow or t.record for t in config.tenants.values())
+        )
 
     # -- worker thread -----------------------------------------------------------------------
-    def after_batch(self, runtime: ModelRuntime, entries: Sequence[Entry], windows: np.ndarray, forecasts: np.ndarray) -> None:
+    def after_batch(
+        self, runtime: ModelRuntime, entries: Sequence[Entry], windows: np.ndarray, forecasts: np.ndarray
+    ) -> None:
         """Shadow inference, input drift, live scoring, records and error drift for one answered group."""
         try:
             self._after_batch(runtime, entries, windows, forecasts)
-        except Exception:  # never let bookkeeping break serving
-            self._once(("after_batch", runtime.name, runtime.version), "lifecycle step failed", logging.ERROR,
-                       exc_info=True, model=runtime.name, version=runtime.version)
+        except Exception:  # noqa: BLE001 - never let bookkeeping break serving
+            self._once(
+                ("after_batch", runtime.name, runtime.version),
+                "lifecycle step failed",
+                logging.ERROR,
+                exc_info=True,
+                model=runtime.name,
+                version=runtime.version,
+            )
 
-    def _after_batch(self, runtime: ModelRuntime, entries: Sequence[Entry], windows: np.ndarray, forecasts: np.ndarray) -> None:
+    def _after_batch(
+        self, runtime: ModelRuntime, entries: Sequence[Entry], windows: np.ndarray, forecasts: np.ndarray
+    ) -> None:
         model, version = runtime.name, runtime.version
         scalar = runtime.output_size == 1
         shadows = self._run_shadows(runtime, entries, windows) if scalar else {}
@@ -121,23 +131,39 @@ class Lifecycle:
         for spec, rows in rows_by_spec.items():
             shadow = self._shadow_runtime(runtime.name, spec)
             if shadow is None:
-                self._once(("shadow-missing", runtime.name, spec), "shadow version not loaded", logging.WARNING,
-                           model=runtime.name, spec=spec)
+                self._once(
+                    ("shadow-missing", runtime.name, spec),
+                    "shadow version not loaded",
+                    logging.WARNING,
+                    model=runtime.name,
+                    spec=spec,
+                )
                 continue
             if shadow.window != runtime.window or shadow.output_size != 1 or shadow.calendar:
                 # A calendar shadow would need the requests' times, which shadows are not given.
-                self._once(("shadow-shape", runtime.name, shadow.version), "shadow version skipped", logging.WARNING,
-                           model=runtime.name, version=shadow.version,
-                           reason=f"window {shadow.window} / outputs {shadow.output_size} / calendar"
-                                  f" {list(shadow.calendar)} differ from the serving version")
+                self._once(
+                    ("shadow-shape", runtime.name, shadow.version),
+                    "shadow version skipped",
+                    logging.WARNING,
+                    model=runtime.name,
+                    version=shadow.version,
+                    reason=f"window {shadow.window} / outputs {shadow.output_size} / calendar"
+                    f" {list(shadow.calendar)} differ from the serving version",
+                )
                 continue
             try:
                 predicted = shadow.predict(np.ascontiguousarray(windows[rows]))
-            except Exception as exc:  # a broken shadow costs its scores, never an answer
-                self._once(("shadow-failed", runtime.name, shadow.version), "shadow inference failed", logging.ERROR,
-                           model=runtime.name, version=shadow.version, reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - a broken shadow costs its scores, never an answer
+                self._once(
+                    ("shadow-failed", runtime.name, shadow.version),
+                    "shadow inference failed",
+                    logging.ERROR,
+                    model=runtime.name,
+                    version=shadow.version,
+                    reason=str(exc),
+                )
                 continue
-            for row, value in zip(rows, predicted[:, 0].tolist()):
+            for row, value in zip(rows, predicted[:, 0].tolist(), strict=True):
                 if np.isfinite(value):
                     out[row] = (SHADOW, shadow.version, value)
         return out
@@ -151,10 +177,10 @@ class Lifecycle:
         drift = self.settings.drift
         for tenant_name, rows in rows_by_tenant.items():
             key = (tenant_name, runtime.name, runtime.version)
-            window = self._inputs.get(key, False)
-            if window is False:
-                window = self._inputs[key] = InputWindow.for_metadata(runtime.metadata, drift.input_window)
+            if key not in self._inputs:
+                self._inputs[key] = InputWindow.for_metadata(runtime.metadata, drift.input_window)
                 self._buffered[key] = ([], 0)
+            window = self._inputs[key]
             if window is None:
                 continue
             chunks, count = self._buffered[key]
@@ -168,8 +194,14 @@ class Lifecycle:
             if window.full and window.since_check >= max(1, drift.input_window // 10):
                 psi = window.psi()
                 self.metrics.input_psi.labels(*key).set(psi)
-                self._set_flag(key, INPUT, psi > drift.psi_threshold,
-                               psi=psi, threshold=drift.psi_threshold, values=drift.input_window)
+                self._set_flag(
+                    key,
+                    INPUT,
+                    psi > drift.psi_threshold,
+                    psi=psi,
+                    threshold=drift.psi_threshold,
+                    values=drift.input_window,
+                )
 
     def _record(self, tenant: TenantConfig, request: Request, model: str, arrived: float) -> None:
         """Named by server and running number: the trainer chains each server's windows in that order."""
@@ -177,8 +209,12 @@ class Lifecycle:
         topic = protocol.records_topic(tenant.name, request.series_id, self.config.topic_prefix)
         received = time.time() - (time.perf_counter() - arrived)
         self._seq += 1
-        self.publish(topic, protocol.encode_record(tenant.name, request.series_id, model, list(request.instances),
-                                                   received, self.source, self._seq))
+        self.publish(
+            topic,
+            protocol.encode_record(
+                tenant.name, request.series_id, model, list(request.instances), received, self.source, self._seq
+            ),
+        )
         self.metrics.records_child(tenant.name).inc()
 
     def _on_score(self, key: ScoreKey, error: float, mae: MaeWindow) -> None:
@@ -186,7 +222,9 @@ class Lifecycle:
         if children is None:
             children = self._children[key] = (self.metrics.live_mae.labels(*key), self.metrics.live_scored.labels(*key))
         gauge, counter = children
-        gauge.set(mae.mae)
+        value = mae.mae
+        assert value is not None  # called right after an error was added to the window
+        gauge.set(value)
         counter.inc()
         if key[3] == SERVING:
             self.guard.on_score(key[0], key[1], key[2], error)
@@ -203,8 +241,16 @@ class Lifecycle:
         if reference is None:
             return
         limit = drift.error_factor * reference
-        self._set_flag((tenant, model, version), ERROR, window.mae > limit, live_mae=window.mae,
-                       reference_mae=reference, factor=drift.error_factor, limit=limit, scored=window.count)
+        self._set_flag(
+            (tenant, model, version),
+            ERROR,
+            window.mae > limit,
+            live_mae=window.mae,
+            reference_mae=reference,
+            factor=drift.error_factor,
+            limit=limit,
+            scored=window.count,
+        )
 
     def _set_flag(self, key: tuple[str, str, str], kind: str, on: bool, **figures: Any) -> None:
         flag_key = (*key, kind)
@@ -216,8 +262,15 @@ class Lifecycle:
         if first and not on:
             return
         tenant, model, version = key
-        payload = signal_payload(tenant=tenant, model=model, version=version, kind=kind, drift=1 if on else 0,
-                                 at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures)
+        payload = signal_payload(
+            tenant=tenant,
+            model=model,
+            version=version,
+            kind=kind,
+            drift=1 if on else 0,
+            at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **figures,
+        )
         event(log, "drift detected" if on else "drift cleared", logging.WARNING if on else logging.INFO, **payload)
         if self.settings.drift.publish_events and self.publish is not None:
             self.publish(protocol.events_topic("drift", self.config.topic_prefix), orjson.dumps(payload))
@@ -234,11 +287,15 @@ class Lifecycle:
         that no auto-rollback pins (a pinned tenant keeps its predecessor)."""
         if tenant is not None:
             return [tenant]
-        return [name for name, t in self.config.tenants.items()
-                if t.models.get(model) == spec and self._pinned(name, model, spec) is None]
+        return [
+            name
+            for name, t in self.config.tenants.items()
+            if t.models.get(model) == spec and self._pinned(name, model, spec) is None
+        ]
 
-    def on_swap(self, model: str, spec: str, old: ModelRuntime | None, new: ModelRuntime, reason: str,
-                tenant: str | None = None) -> None:
+    def on_swap(
+        self, model: str, spec: str, old: ModelRuntime | None, new: ModelRuntime, reason: str, tenant: str | None = None
+    ) -> None:
         """A version change of (model, spec) for the tenants it reaches: guard `current`
         promotions per tenant; retire their stale drift gauges."""
         for name in self.swapped_tenants(model, spec, tenant):

@@ -29,7 +29,7 @@ ScoreKey = tuple[str, str, str, str]
 class MaeWindow:
     """MAE of the last `size` absolute errors, plus how many were ever scored."""
 
-    __slots__ = ("_errors", "_sum", "total", "_since_resum")
+    __slots__ = ("_errors", "_since_resum", "_sum", "total")
 
     def __init__(self, size: int) -> None:
         self._errors: deque[float] = deque(maxlen=size)
@@ -110,7 +110,9 @@ class SeriesTracker:
     def __len__(self) -> int:
         return len(self._series)
 
-    def observe(self, tenant: str, series_id: str, model: str, window: Sequence[float], forecasts: list[Forecast]) -> int:
+    def observe(
+        self, tenant: str, series_id: str, model: str, window: Sequence[float], forecasts: list[Forecast]
+    ) -> int:
         """Record forecasts made from `window`; score the previous window's forecasts if `window`
         reveals their actual. Returns how many forecasts were scored."""
         key = (tenant, series_id, model)

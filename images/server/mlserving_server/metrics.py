@@ -19,8 +19,8 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     GCCollector,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -67,15 +67,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.inflight = Gauge("mlserving_inflight_requests", "Requests taken by the worker, not yet answered.", registry=r)
+        self.inflight = Gauge(
+            "mlserving_inflight_requests", "Requests taken by the worker, not yet answered.", registry=r
+        )
         self.pending = Gauge("mlserving_pending_requests", "Requests received and waiting for the worker.", registry=r)
         self.held = Gauge(
             "mlserving_held_requests",
-            "Requests received but not yet taken nor acknowledged, because limits.max_outgoing answers await the broker.",
+            "Requests received but not yet taken nor acknowledged,"
+            " because limits.max_outgoing answers await the broker.",
             registry=r,
         )
         self.outgoing = Gauge(
-            "mlserving_unacked_answers", "Answers handed to the MQTT client, not yet acknowledged by the broker.", registry=r
+            "mlserving_unacked_answers",
+            "Answers handed to the MQTT client, not yet acknowledged by the broker.",
+            registry=r,
         )
         self.model_load = Histogram(
             "mlserving_model_load_seconds",
@@ -91,12 +96,17 @@ class Metrics:
             registry=r,
         )
         self.model_info = Gauge(
-            "mlserving_model_info", "1 for the model version serving each tenant.", ["tenant", "model", "version"], registry=r
+            "mlserving_model_info",
+            "1 for the model version serving each tenant.",
+            ["tenant", "model", "version"],
+            registry=r,
         )
         self.model_swaps = Counter("mlserving_model_swaps", "Version changes per model.", ["model"], registry=r)
         self.broker_connected = Gauge("mlserving_broker_connected", "1 while connected to the broker.", registry=r)
         self.broker_connects = Counter("mlserving_broker_connects", "Successful broker (re)connections.", registry=r)
-        self.subscribed = Gauge("mlserving_subscribed_tenants", "Tenants whose request topic is subscribed.", registry=r)
+        self.subscribed = Gauge(
+            "mlserving_subscribed_tenants", "Tenants whose request topic is subscribed.", registry=r
+        )
         self.ready = Gauge("mlserving_ready", "1 when connected, subscribed and all models loaded.", registry=r)
         # Model lifecycle (docs/lifecycle.md)
         self.live_mae = Gauge(
@@ -113,19 +123,22 @@ class Metrics:
         )
         self.drift = Gauge(
             "mlserving_drift",
-            "1 while a drift signal is on: kind=error (live MAE above factor x test MAE) or input (PSI above threshold).",
+            "1 while a drift signal is on:"
+            " kind=error (live MAE above factor x test MAE) or input (PSI above threshold).",
             ["tenant", "model", "version", "kind"],
             registry=r,
         )
         self.input_psi = Gauge(
             "mlserving_input_psi",
-            "Population stability index of the tenant's recent normalised inputs against the version's training inputs.",
+            "Population stability index of the tenant's recent normalised inputs"
+            " against the version's training inputs.",
             ["tenant", "model", "version"],
             registry=r,
         )
         self.auto_rollbacks = Counter(
             "mlserving_auto_rollbacks",
-            "Newly promoted versions swapped back to their predecessor for one tenant because that tenant's live MAE was worse.",
+            "Newly promoted versions swapped back to their predecessor for one tenant"
+            " because that tenant's live MAE was worse.",
             ["tenant", "model", "version"],
             registry=r,
         )

@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 from mlserving_common.logs import event
 from mlserving_common.package import PackageError
 from mlserving_common.registry import Registry, RegistryError
-
 from mlserving_server import sandbox
 from mlserving_server.config import CURRENT
 from mlserving_server.metrics import Metrics
@@ -45,7 +44,7 @@ class ModelStore:
         max_batch: int,
         poll_seconds: float,
         on_swap: SwapListener | None = None,
-        optional: set[tuple[str, str]] = frozenset(),
+        optional: Set[tuple[str, str]] = frozenset(),
     ) -> None:
         # Optional specs (shadow versions) are loaded and followed like the others but are not
         # needed for readiness: a missing shadow must not keep a tenant from serving.
@@ -142,13 +141,23 @@ class ModelStore:
     def _lift_pins(self, model: str, spec: str, runtime: ModelRuntime) -> None:
         """The pointer moved on from a version rolled back for some tenants: they follow it again."""
         with self._swap_lock:
-            lifted = [(tenant, pin) for (tenant, m, s), pin in self._pinned.items()
-                      if m == model and s == spec and pin[0] != runtime.version]
+            lifted = [
+                (tenant, pin)
+                for (tenant, m, s), pin in self._pinned.items()
+                if m == model and s == spec and pin[0] != runtime.version
+            ]
             for tenant, _ in lifted:
                 del self._pinned[(tenant, model, spec)]
         for tenant, (rejected, predecessor) in lifted:
-            event(log, "rolled-back version unblocked", tenant=tenant, model=model, spec=spec, version=rejected,
-                  pointer=runtime.version)
+            event(
+                log,
+                "rolled-back version unblocked",
+                tenant=tenant,
+                model=model,
+                spec=spec,
+                version=rejected,
+                pointer=runtime.version,
+            )
             if self._on_swap is not None:
                 self._on_swap(model, spec, predecessor, runtime, "registry", tenant)
 
@@ -165,15 +174,26 @@ class ModelStore:
                 return False
             self._pinned[(tenant, model, spec)] = (rejected, predecessor)
         self._metrics.model_swaps.labels(model).inc()
-        event(log, "model serving", logging.WARNING, tenant=tenant, model=model, spec=spec,
-              version=predecessor.version, previous=rejected, reason="auto-rollback")
+        event(
+            log,
+            "model serving",
+            logging.WARNING,
+            tenant=tenant,
+            model=model,
+            spec=spec,
+            version=predecessor.version,
+            previous=rejected,
+            reason="auto-rollback",
+        )
         if self._on_swap is not None:
             self._on_swap(model, spec, serving, predecessor, "auto-rollback", tenant)
         return True
 
     def blocked(self) -> dict[str, str]:
         """`tenant/model:spec` -> version rolled back for that tenant (for /readyz)."""
-        return {f"{tenant}/{model}:{spec}": rejected for (tenant, model, spec), (rejected, _) in list(self._pinned.items())}
+        return {
+            f"{tenant}/{model}:{spec}": rejected for (tenant, model, spec), (rejected, _) in list(self._pinned.items())
+        }
 
     def _shared_runtime(self, model: str, version: str) -> ModelRuntime | None:
         """Reuse a runtime another spec already loaded (e.g. `current` and a pin on the same vN), or
@@ -198,10 +218,16 @@ class ModelStore:
                 raise PackageError(f"metadata.json: name {runtime.name!r} but the registry holds it as {model!r}")
             if runtime.version != version:
                 # The registry's name for the package is what operators promote and clients see.
-                event(log, "model version differs", logging.WARNING, model=model, version=version,
-                      metadata_version=runtime.version)
+                event(
+                    log,
+                    "model version differs",
+                    logging.WARNING,
+                    model=model,
+                    version=version,
+                    metadata_version=runtime.version,
+                )
                 runtime.version = version
-        except Exception as exc:  # PackageError, and anything LiteRT throws at a broken file
+        except Exception as exc:  # noqa: BLE001 - PackageError, and anything LiteRT throws at a broken file
             reason = str(exc) if isinstance(exc, PackageError) else f"{type(exc).__name__}: {exc}"
             self._refused[(model, version)] = reason
             self._metrics.model_load_failures.labels(model, version).inc()

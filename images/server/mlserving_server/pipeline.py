@@ -22,16 +22,15 @@ import orjson
 
 from mlserving_common import protocol
 from mlserving_common.protocol import ErrorCode, ProtocolError, Request
-
+from mlserving_server import legacy
 from mlserving_server.batching import Batcher
 from mlserving_server.config import ServerConfig, TenantConfig
 from mlserving_server.lifecycle import Lifecycle
-from mlserving_server import legacy
 from mlserving_server.metrics import UNKNOWN_MODEL_LABEL, Metrics
 from mlserving_server.models import ModelStore
 from mlserving_server.ratelimit import TokenBucket
 from mlserving_server.runtime import ModelRuntime
-from mlserving_server.transport import Transport, reply_properties
+from mlserving_server.transport import Transport
 
 log = logging.getLogger("mlserving.pipeline")
 _perf = time.perf_counter
@@ -93,7 +92,8 @@ class Pipeline:
         self._max_correlation = config.limits.max_correlation_bytes
         self._max_instances = config.limits.max_instances
         self.tenants = {
-            name: Tenant(t, TokenBucket(t.rate_limit.per_second, t.rate_limit.burst)) for name, t in config.tenants.items()
+            name: Tenant(t, TokenBucket(t.rate_limit.per_second, t.rate_limit.burst))
+            for name, t in config.tenants.items()
         }
         self._by_topic = {t.config.request_topic: t for t in self.tenants.values()}
         self.batcher: Batcher[Item] = Batcher(
@@ -156,7 +156,7 @@ class Pipeline:
             self._infer(runtime, entries)
 
     def _validate(self, item: Item) -> tuple[ModelRuntime, Request, str] | None:
-        tenant, payload, response_topic, correlation, _ = item
+        tenant, payload, response_topic, _correlation, _ = item
         topic = tenant.reply_topic(response_topic)
         if topic is None:
             self._fail(
@@ -190,7 +190,9 @@ class Pipeline:
             return None
         runtime = self._store.get(model, spec, tenant.name)  # a tenant's auto-rollback pin wins
         if runtime is None:
-            self._fail(item, request.id, ErrorCode.MODEL_UNAVAILABLE, f"model {model} is not loaded yet", model, "", topic)
+            self._fail(
+                item, request.id, ErrorCode.MODEL_UNAVAILABLE, f"model {model} is not loaded yet", model, "", topic
+            )
             return None
         window = runtime.window
         for index, instance in enumerate(request.instances):
@@ -220,8 +222,10 @@ class Pipeline:
             return f"'horizon' {request.horizon} exceeds model {model} {runtime.version}'s horizon {runtime.horizon}"
         if runtime.calendar and request.times is None:
             key = "times' (one per instance)" if request.batched else "time'"
-            return (f"model {model} {runtime.version} uses calendar inputs: give '{key}, the unix time in seconds"
-                    f" of the last reading (readings every {runtime.interval_s:g} s)")
+            return (
+                f"model {model} {runtime.version} uses calendar inputs: give '{key}, the unix time in seconds"
+                f" of the last reading (readings every {runtime.interval_s:g} s)"
+            )
         return None
 
     def _infer(self, runtime: ModelRuntime, entries: list[tuple[Item, Request, str]]) -> None:
@@ -230,7 +234,12 @@ class Pipeline:
             windows = np.array(rows, dtype=np.float32)
             sizes, timer = self._metrics.batch_for(runtime.name)
             started = _perf()
-            last_times = [t for _, request, _ in entries for t in request.times] if runtime.calendar else None
+            last_times: list[float] | None = None
+            if runtime.calendar:
+                last_times = []
+                for _, request, _ in entries:
+                    assert request.times is not None  # _validate refuses calendar requests without times
+                    last_times.extend(request.times)
             forecasts = runtime.predict(windows, last_times)
             timer.observe(_perf() - started)
             sizes.observe(len(rows))
@@ -244,7 +253,15 @@ class Pipeline:
                 return
             log.exception("inference failed", extra={"fields": {"model": runtime.name, "version": runtime.version}})
             for item, request, topic in entries:
-                self._fail(item, request.id, ErrorCode.INTERNAL, f"inference failed: {exc}", runtime.name, runtime.version, topic)
+                self._fail(
+                    item,
+                    request.id,
+                    ErrorCode.INTERNAL,
+                    f"inference failed: {exc}",
+                    runtime.name,
+                    runtime.version,
+                    topic,
+                )
             return
         all_finite = bool(finite.all())
         position = 0
@@ -252,12 +269,20 @@ class Pipeline:
             count = len(request.instances)
             if not all_finite and not finite[position : position + count].all():
                 self._fail(
-                    item, request.id, ErrorCode.INTERNAL, "model produced a non-finite forecast", runtime.name, runtime.version, topic
+                    item,
+                    request.id,
+                    ErrorCode.INTERNAL,
+                    "model produced a non-finite forecast",
+                    runtime.name,
+                    runtime.version,
+                    topic,
                 )
             else:
                 answer = values[position : position + count]
                 if request.normalized:
-                    answer = legacy.to_client_units(answer, item[0].config.legacy)
+                    scaling = item[0].config.legacy
+                    assert scaling is not None  # _validate refuses legacy requests of tenants without it
+                    answer = legacy.to_client_units(answer, scaling)
                 steps = None
                 if request.horizon is not None:
                     steps = forecasts[position : position + count, : request.horizon].tolist()
@@ -290,7 +315,7 @@ class Pipeline:
     def _send(self, item: Item, topic: str, body: bytes, model: str, version: str, outcome: str) -> None:
         tenant, _, _, correlation, arrived = item
         assert self.transport is not None
-        self.transport.publish(topic, body, reply_properties(correlation))
+        self.transport.publish(topic, body, correlation)
         metrics = self._metrics
         metrics.request_counter(tenant.name, model, version, outcome).inc()
         metrics.latency_for(tenant.name).observe(_perf() - arrived)

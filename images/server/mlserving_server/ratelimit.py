@@ -12,7 +12,7 @@ class TokenBucket:
     Not thread-safe on purpose: only the MQTT network thread takes tokens.
     """
 
-    __slots__ = ("rate", "burst", "_tokens", "_last", "_clock")
+    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = float(rate)

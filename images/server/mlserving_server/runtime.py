@@ -22,7 +22,6 @@ from ai_edge_litert.interpreter import Interpreter
 from mlserving_common.calendar import features_after
 from mlserving_common.package import MODEL_FILE, Metadata, PackageError, verify_package
 
-
 _quiet_done = False
 
 
@@ -111,7 +110,9 @@ class ModelRuntime:
         for label, detail, dims in (("input", inputs[0], self.input_dims), ("output", outputs[0], self.output_dims)):
             actual = tuple(int(d) for d in detail["shape_signature"][1:])
             if actual != dims:
-                raise PackageError(f"{MODEL_FILE}: {label} shape {list(detail['shape_signature'])} != metadata [-1, {dims}]")
+                raise PackageError(
+                    f"{MODEL_FILE}: {label} shape {list(detail['shape_signature'])} != metadata [-1, {dims}]"
+                )
             if detail["dtype"] != np.float32:
                 raise PackageError(f"{MODEL_FILE}: {label} dtype {detail['dtype']} is not float32")
         try:
@@ -156,12 +157,11 @@ class ModelRuntime:
         Readings near float32's limits may overflow to inf here: the caller answers a non-finite
         forecast with an error, so numpy's RuntimeWarning (a plain-text stderr line) is muted.
         """
-        if self.calendar:
-            if last_times is None or len(last_times) != len(windows):
-                raise ValueError(f"model {self.name} {self.version} needs the time of each window's last reading")
         with np.errstate(over="ignore", invalid="ignore"):
             scaled = (windows - self.mean) * self.inv_std
             if self.calendar:
+                if last_times is None or len(last_times) != len(windows):
+                    raise ValueError(f"model {self.name} {self.version} needs the time of each window's last reading")
                 scaled = np.hstack([scaled, self.calendar_inputs(last_times)])
             return self._predict(scaled)
 

@@ -71,7 +71,7 @@ def check(package_dir: Path, max_batch: int, memory_bytes: int = PROBE_MEMORY_BY
         return _REFUSED, str(exc)
     except MemoryError:
         return _REFUSED, f"{package_dir / MODEL_FILE}: loading it needs more than {memory_bytes >> 20} MB"
-    except Exception as exc:  # anything else LiteRT or numpy throw at a broken file
+    except Exception as exc:  # noqa: BLE001 - anything else LiteRT or numpy throw at a broken file is a verdict
         return _FAILED, f"{type(exc).__name__}: {exc}"
     return _OK, ""
 
@@ -93,11 +93,11 @@ def _forked(package_dir: Path, max_batch: int, timeout: float) -> tuple[int | No
             os._exit(code)
     os.close(write_fd)
     try:
-        code = _wait(pid, timeout)
-        message = os.read(read_fd, _MAX_MESSAGE).decode(errors="replace") if code is not None else ""
+        verdict = _wait(pid, timeout)
+        message = os.read(read_fd, _MAX_MESSAGE).decode(errors="replace") if verdict is not None else ""
     finally:
         os.close(read_fd)
-    return code, message
+    return verdict, message
 
 
 def _wait(pid: int, timeout: float) -> int | None:
