@@ -74,11 +74,15 @@ def _connection_parent() -> argparse.ArgumentParser:
     secret = group.add_mutually_exclusive_group()
     secret.add_argument("--password", help="broker password (prefer --password-file or MLSERVING_CLIENT_PASSWORD)")
     secret.add_argument("--password-file", help="file holding the broker password")
-    group.add_argument("--prefix", help=f"topic prefix (default {protocol.DEFAULT_PREFIX})")
+    group.add_argument(
+        "--prefix", help=f"topic prefix (env MLSERVING_CLIENT_PREFIX; default {protocol.DEFAULT_PREFIX})"
+    )
     group.add_argument(
         "--tls-ca", help="CA certificate: connect with TLS and verify the broker (env MLSERVING_CLIENT_TLS_CA)"
     )
-    group.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS of requests and answers (default 1)")
+    group.add_argument(
+        "--qos", type=int, choices=(0, 1), help="MQTT QoS of requests and answers (env MLSERVING_CLIENT_QOS; default 1)"
+    )
     group.add_argument(
         "--log-level",
         default="warning",

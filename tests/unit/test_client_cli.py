@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlserving_client import cli
-from mlserving_client.config import ConfigError, resolve
+from mlserving_client.config import ENV_PREFIX, ConfigError, resolve
 from mlserving_client.load import MAX_DURATION_S, LoadSpec, TenantTarget, request_templates
 from mlserving_client.replay import ReplayError, read_series, windows
 from mlserving_common import protocol
@@ -176,27 +177,72 @@ def test_predict_rejects_non_numbers(capsys: pytest.CaptureFixture[str]) -> None
     assert "invalid float" in capsys.readouterr().err
 
 
-def test_password_sources(tmp_path: Path) -> None:
+def client_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    """Exactly these MLSERVING_CLIENT_ variables, whatever the shell running the tests has set."""
+    for name in [name for name in os.environ if name.upper().startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(ENV_PREFIX + name, value)
+
+
+def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "pw"
     secret.write_text("from-file\n")
-    assert resolve({"password_file": str(secret)}, env={}).password == "from-file"
-    assert resolve({}, env={"MLSERVING_CLIENT_PASSWORD": "from-env"}).password == "from-env"
-    assert resolve({"password": "flag"}, env={"MLSERVING_CLIENT_PASSWORD": "env"}).password == "flag"
-    assert resolve({"port": 2000}, env={"MLSERVING_CLIENT_PORT": "1999"}).port == 2000
-    assert resolve({"tenant": "t"}, env={}).effective_username == "t"
+    client_env(monkeypatch)
+    assert resolve({"password_file": str(secret)}).password == "from-file"
+    client_env(monkeypatch, PASSWORD="from-env")
+    assert resolve({}).password == "from-env"
+    client_env(monkeypatch, PASSWORD="env")
+    assert resolve({"password": "flag"}).password == "flag"
+    client_env(monkeypatch, PORT="1999")
+    assert resolve({"port": 2000}).port == 2000
+    client_env(monkeypatch)
+    assert resolve({"tenant": "t"}).effective_username == "t"
 
 
-def test_config_errors_name_the_field(tmp_path: Path) -> None:
+def test_environment_names_follow_the_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    client_env(
+        monkeypatch, HOST="broker", PORT="8883", USERNAME="robot", PASSWORD="s3cret", TENANT="tenant-a", TLS_CA=str(ca)
+    )
+    config = resolve({"host": None, "port": None})  # None: the flag was not given
+    assert (config.host, config.port, config.tenant, config.effective_username) == ("broker", 8883, "tenant-a", "robot")
+    assert (config.password, config.tls_ca, config.qos) == ("s3cret", str(ca), 1)
+    assert "s3cret" not in repr(config)
+
+
+def test_config_errors_name_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client_env(monkeypatch, PORT="eighty")
     with pytest.raises(ConfigError, match=r"^port"):
-        resolve({}, env={"MLSERVING_CLIENT_PORT": "eighty"})
+        resolve({})
+    with pytest.raises(ConfigError, match=r"\(from MLSERVING_CLIENT_PORT\)$"):
+        resolve({})
+    client_env(monkeypatch)
     with pytest.raises(ConfigError, match=r"^port"):
-        resolve({"port": 70000}, env={})
+        resolve({"port": 70000})
     with pytest.raises(ConfigError, match=r"^password_file"):
-        resolve({"password_file": str(tmp_path / "missing")}, env={})
+        resolve({"password_file": str(tmp_path / "missing")})
     with pytest.raises(ConfigError, match=r"^tenant"):
-        resolve({"tenant": "a/b"}, env={})
+        resolve({"tenant": "a/b"})
     with pytest.raises(ConfigError, match=r"^tls_ca"):
-        resolve({"tls_ca": str(tmp_path / "missing.pem")}, env={})
+        resolve({"tls_ca": str(tmp_path / "missing.pem")})
+
+
+@pytest.mark.parametrize(
+    "flags,field",
+    [
+        ({"username": "a:b"}, "username"),
+        ({"qos": 2}, "qos"),
+        ({"host": ""}, "host"),
+        ({"prefix": "ml/#"}, "prefix"),
+        ({"password": "a", "password_file": "b"}, "password"),
+    ],
+)
+def test_config_refuses(flags: dict[str, object], field: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client_env(monkeypatch)
+    with pytest.raises(ConfigError, match=rf"^{field}: "):
+        resolve(flags)
 
 
 def test_load_spec_validation_names_fields() -> None:

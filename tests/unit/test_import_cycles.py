@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def package_dirs() -> dict[str, Path]:
-    """The packages pyproject.toml ships, by import name."""
+    """The top-level packages pyproject.toml ships, by import name (their subpackages are under them)."""
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    return {name: REPO / setuptools["package-dir"][name] for name in setuptools["packages"]}
+    return {name: REPO / directory for name, directory in setuptools["package-dir"].items()}
 
 
 def project_modules() -> dict[str, Path]:

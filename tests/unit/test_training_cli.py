@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlserving_common.package import Metadata, Normalization, TensorSpec, write_package
 from mlserving_common.registry import FilesystemRegistry
 from mlserving_training.cli import COMMANDS, main
+
+from model_support import make_package
 
 
 def test_help_works_for_every_subcommand_without_importing_tensorflow() -> None:
@@ -40,21 +40,6 @@ def test_generate_writes_a_bts_csv(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "wrote" in capsys.readouterr().out
 
 
-def _package(where: Path, payload: bytes) -> Path:
-    metadata = Metadata(
-        name="ann",
-        version="v0",
-        created_at="2026-01-01T00:00:00Z",
-        window=6,
-        normalization=Normalization(0.0, 1.0),
-        input=TensorSpec([-1, 6]),
-        output=TensorSpec([-1, 1]),
-        model_sha256=hashlib.sha256(payload).hexdigest(),
-    )
-    write_package(where, payload, metadata)
-    return where
-
-
 def test_registry_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     # `promote` applies the quality gate (its verdicts: tests/integration/test_training_gate_doors.py);
     # these packages are not real models, so here the gate's judgement is a pass.
@@ -63,7 +48,7 @@ def test_registry_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str], m
 
     monkeypatch.setattr(retrain, "evaluate_gate", lambda *args: decide(0.5, 1.0, None, 0.0))
     reg = str(tmp_path / "reg")
-    pkg = str(_package(tmp_path / "pkg", b"m"))
+    pkg = str(make_package(tmp_path / "pkg", name="ann", payload=b"m"))
     assert main(["publish", pkg, "--registry", reg]) == 0
     assert "published ann v1" in capsys.readouterr().out
     assert main(["promote", "--registry", reg, "ann", "v1"]) == 0
