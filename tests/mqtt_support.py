@@ -11,14 +11,17 @@ conftest stays fixtures only.
 from __future__ import annotations
 
 import itertools
+import os
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -26,6 +29,10 @@ from mlserving_common import mqtt, protocol
 from mlserving_common.mosquitto import tenant_topics
 
 from broker_support import BrokerHandle
+
+if TYPE_CHECKING:  # the bench is not needed to import this module
+    from mlserving_bench.procs import Child
+    from mlserving_bench.stack import Stack
 
 
 class BrokerAddress(Protocol):
@@ -264,6 +271,36 @@ def connect_to(
         connect_timeout=timeout,
     )
     return RawClient(options, timeout, on_message)
+
+
+def client_cli(
+    host: str,
+    port: int,
+    command: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m mlserving_client COMMAND --host HOST --port PORT ARGS` in its own process, as a
+    user would; `env` on top of ours (e.g. MLSERVING_CLIENT_PASSWORD)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlserving_client", command, "--host", host, "--port", str(port), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def assert_answers_every_request_and_stops(stack: Stack, child: Child, tenant: str) -> None:
+    """A bench responder under 256 requests in flight for a second answers each one exactly once,
+    then exits cleanly when stopped: what makes its figures comparable with ours."""
+    counters = stack.load(tenant=tenant, concurrency=256, duration=1.0, grace=20.0).counters
+    assert counters.sent > 256
+    assert (counters.answered, counters.lost, counters.error_total, counters.duplicates) == (counters.sent, 0, 0, 0)
+    assert child.alive()
+    stack.stop(child)
+    assert child.proc.returncode == 0, child.log_tail()
 
 
 def run_load(

@@ -20,8 +20,8 @@ from pathlib import Path
 from mlserving_bench import chartlimits
 from mlserving_client import transport
 from mlserving_common import mqtt, protocol
+from mlserving_server.config import PASSWORD_ENV
 
-PASSWORD_ENV = "MLSERVING_BROKER_PASSWORD"
 #: CONNECT Receive Maximum of every reference responder: the window the chart gives our server.
 RECEIVE_MAXIMUM = chartlimits.server_limits()["receive_maximum"]
 #: (payload) -> answer payload; runs in the connection's network thread.

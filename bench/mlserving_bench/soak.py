@@ -32,10 +32,10 @@ from mlserving_bench import models, procs
 from mlserving_client.load import LoadResult, LoadSpec, TenantTarget, run_load, synthetic_windows
 from mlserving_common.mosquitto import BrokerUser, LocalBroker, free_port, server_acl, tenant_acl, tenant_topics
 from mlserving_common.registry import FilesystemRegistry
+from mlserving_server.config import PASSWORD_ENV
 
 TENANTS = {"tenant-a": "lstm", "tenant-b": "ann"}
 SERVER_USER = "server"
-PASSWORD_ENV = "MLSERVING_BROKER_PASSWORD"
 #: Memory counts as flat when RSS grows less than this over the second half (MB) ...
 FLAT_MB = 4.0
 #: ... or less than this fraction of the RSS, whichever is larger.

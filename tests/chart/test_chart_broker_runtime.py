@@ -250,21 +250,24 @@ def test_rendered_tls_listener_serves_clients_that_verify_the_ca(render, broker_
     def run(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tls)
 
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-    )
+    def self_signed_ca(name: str, common_name: str) -> None:
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={common_name}",
+        )
+
+    self_signed_ca("ca", "test-ca")
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=127.0.0.1")
     (tls / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
     run(
@@ -289,20 +292,6 @@ def test_rendered_tls_listener_serves_clients_that_verify_the_ca(render, broker_
     session = Session(broker.tls_port, "tenant-a", PASSWORDS["tenant-a"], tls_ca=str(tls / "ca.crt"))
     session.close()
     # A client that trusts another CA refuses the broker (no silent fallback to an unverified link).
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "other.key",
-        "-out",
-        "other.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=another-ca",
-    )
+    self_signed_ca("other", "another-ca")
     with pytest.raises(mqtt.ConnectionLost, match="CERTIFICATE_VERIFY_FAILED"):  # the TLS handshake's SSLError
         Session(broker.tls_port, "tenant-a", PASSWORDS["tenant-a"], tls_ca=str(tls / "other.crt"))

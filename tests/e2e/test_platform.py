@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
 from mlserving_common import protocol
 
 from e2e_harness import CHART, RELEASE, SERIES, Release, SteadyLoad
-from mqtt_support import connect_to
+from mqtt_support import RawClient, connect_to
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +37,41 @@ def wait_until(predicate, timeout: float, interval: float = 2.0, what: str = "co
 
 def replicas(release: Release, tenant: str) -> int:
     return len(release.server_pods(tenant))
+
+
+def restart_counts(release: Release, tenant: str) -> dict[str, int]:
+    """Each serving pod's restart count by uid: unchanged means a new version was served in place."""
+    return {
+        p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"] for p in release.server_pods(tenant)
+    }
+
+
+def upgrade(release: Release, *settings: str) -> None:
+    """`helm upgrade --reuse-values` with `--set` for each setting, then wait for tenant-a's rollout."""
+    release.helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--reuse-values",
+        *(arg for setting in settings for arg in ("--set", setting)),
+        "--wait",
+        "--timeout",
+        "5m",
+    )
+    release.wait_rollout("tenant-a")
+
+
+def connect_owned(release: Release, username: str, name: str, **kwargs: Any) -> RawClient:
+    """One CONNECT with `username`'s password and an owned client id `name`."""
+    return connect_to(
+        release.host,
+        release.port,
+        username,
+        release.passwords[username],
+        protocol.owned_client_id(username, name),
+        keepalive=60,
+        **kwargs,
+    )
 
 
 def retrain(release: Release, model: str, job: str) -> float:
@@ -82,16 +118,13 @@ def test_tenant_cannot_touch_another_tenants_queues(release: Release) -> None:
     """tenant-a's credentials: publishing on tenant-b's queue is refused (PUBACK 0x87), subscribing
     to tenant-b's answers is refused (SUBACK 0x87, by our broker plugin), and none arrive."""
     outcome: dict[str, object] = {}
-    client = connect_to(
-        release.host,
-        release.port,
+    client = connect_owned(
+        release,
         "tenant-a",
-        release.passwords["tenant-a"],
-        protocol.owned_client_id("tenant-a", "e2e-intruder"),
-        keepalive=60,
+        "e2e-intruder",
         timeout=20,
-        on_message=lambda msg: outcome.setdefault("leaked", []).append(msg.topic),
-    )  # type: ignore[union-attr]
+        on_message=lambda msg: outcome.setdefault("leaked", []).append(msg.topic),  # type: ignore[union-attr]
+    )
     try:
         assert not client.refused, f"tenant-a cannot connect: {client.reason_code:#x}"
         suback = client.connection.subscribe(protocol.response_topic("tenant-b") + "/#", qos=1)
@@ -147,10 +180,7 @@ def test_upgrade_to_v2_under_load_loses_nothing(release: Release) -> None:
         load = SteadyLoad(client, rate=40).start()
         time.sleep(10)
         upgrade_started = time.monotonic()
-        release.helm(
-            "upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "model.version=v2", "--wait", "--timeout", "5m"
-        )
-        release.wait_rollout("tenant-a")
+        upgrade(release, "model.version=v2")
         # The old pod still answers while it sleeps in preStop and drains; done means it is gone.
         wait_until(lambda: not release.terminating_pods("tenant-a"), 120, 1, "the old pod to finish draining")
         upgrade_done = time.monotonic()
@@ -176,31 +206,12 @@ def test_upgrade_to_v2_under_load_loses_nothing(release: Release) -> None:
 
 
 def test_autopromoted_retrain_is_served_without_restart(release: Release) -> None:
-    release.helm(
-        "upgrade",
-        RELEASE,
-        str(CHART),
-        "--reuse-values",
-        "--set",
-        "model.version=current",
-        "--set",
-        "retraining.models.lstm.autoPromote=true",
-        "--wait",
-        "--timeout",
-        "5m",
-    )
-    release.wait_rollout("tenant-a")
-    before = {
-        p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"]
-        for p in release.server_pods("tenant-a")
-    }
+    upgrade(release, "model.version=current", "retraining.models.lstm.autoPromote=true")
+    before = restart_counts(release, "tenant-a")
     seconds = retrain(release, "lstm", "retrain-lstm-v3")
     with release.client("tenant-a") as client:
         served = wait_until(lambda: client.predict(SERIES, timeout=10).version == "v3", 60, 1, "v3 to be served")
-    after = {
-        p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"]
-        for p in release.server_pods("tenant-a")
-    }
+    after = restart_counts(release, "tenant-a")
     assert served and before == after, (before, after)
     figure("autopromote", train_seconds=round(seconds, 1), pods_unchanged=before == after)
 
@@ -262,14 +273,7 @@ def test_deleted_serving_pod_is_replaced_and_nothing_is_lost(release: Release) -
 def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> None:
     marker = f"kept-{time.time_ns()}"
     topic = f"{protocol.DEFAULT_PREFIX}/_registry/e2e-marker/current"
-    publisher = connect_to(
-        release.host,
-        release.port,
-        "ml-trainer",
-        release.passwords["ml-trainer"],
-        protocol.owned_client_id("ml-trainer", "e2e-trainer"),
-        keepalive=60,
-    )
+    publisher = connect_owned(release, "ml-trainer", "e2e-trainer")
     publisher.publish(topic, marker.encode(), qos=1, retain=True, timeout=10)
     publisher.close()
     time.sleep(2)  # let autosave/persistence see it before the restart
@@ -285,14 +289,7 @@ def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> N
         time.sleep(5)
         outcome = load.stop(grace=90)
 
-    reader = connect_to(
-        release.host,
-        release.port,
-        "ml-trainer",
-        release.passwords["ml-trainer"],
-        protocol.owned_client_id("ml-trainer", "e2e-reader"),
-        keepalive=60,
-    )
+    reader = connect_owned(release, "ml-trainer", "e2e-reader")
     reader.subscribe(topic, qos=1)
     wait_until(reader.payloads, 20, 0.5, "the retained marker")
     reader.close()
@@ -310,36 +307,17 @@ def test_broker_restart_keeps_state_and_servers_reconnect(release: Release) -> N
 
 def test_broker_registry_serves_baked_then_retrained_versions(release: Release) -> None:
     """registry.kind=broker (no shared volume): baked v1 first, then a retrained version from the broker."""
-    release.helm(
-        "upgrade",
-        RELEASE,
-        str(CHART),
-        "--reuse-values",
-        "--set",
-        "registry.kind=broker",
-        "--set",
-        "registry.persistence.enabled=false",
-        "--wait",
-        "--timeout",
-        "5m",
-    )
-    release.wait_rollout("tenant-a")
+    upgrade(release, "registry.kind=broker", "registry.persistence.enabled=false")
     with release.client("tenant-a") as client:
         # Old pods answer from the PVC (v3) until their preStop pause ends; the new ones have
         # nothing on the broker yet, so the image's baked packages serve.
         wait_until(lambda: client.predict(SERIES, timeout=10).version == "v1", 60, 1, "the baked v1 from the new pods")
-    before = {
-        p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"]
-        for p in release.server_pods("tenant-a")
-    }
+    before = restart_counts(release, "tenant-a")
     seconds = retrain(release, "lstm", "retrain-lstm-broker")
     log = release.kubectl("logs", "job/retrain-lstm-broker", "--tail=200")
     with release.client("tenant-a") as client:
         wait_until(lambda: client.predict(SERIES, timeout=10).version == "v2", 60, 1, "v2 from the broker registry")
-    after = {
-        p["metadata"]["uid"]: p["status"]["containerStatuses"][0]["restartCount"]
-        for p in release.server_pods("tenant-a")
-    }
+    after = restart_counts(release, "tenant-a")
     figure(
         "broker-registry",
         train_seconds=round(seconds, 1),

@@ -16,6 +16,8 @@ import pytest
 from mlserving_bench import mqtt_layers
 from mlserving_bench.stack import Stack
 
+from mqtt_support import assert_answers_every_request_and_stops
+
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Any:
@@ -27,13 +29,7 @@ def stack(tmp_path: Path) -> Any:
 @pytest.mark.parametrize("layer", list(mqtt_layers.LAYERS))
 def test_candidate_answers_every_request_and_stops_cleanly(stack: Stack, layer: str) -> None:
     child = mqtt_layers.start(stack, layer)
-    result = stack.load(tenant=mqtt_layers.tenant(layer), concurrency=256, duration=1.0, grace=20.0)
-    counters = result.counters
-    assert counters.sent > 256
-    assert (counters.answered, counters.lost, counters.error_total, counters.duplicates) == (counters.sent, 0, 0, 0)
-    assert child.alive()
-    stack.stop(child)
-    assert child.proc.returncode == 0, child.log_tail()
+    assert_answers_every_request_and_stops(stack, child, mqtt_layers.tenant(layer))
 
 
 def test_comparison_measures_every_candidate(stack: Stack) -> None:

@@ -16,6 +16,8 @@ import pytest
 from mlserving_bench import models, naive
 from mlserving_bench.stack import NAIVE_TENANT, Stack
 
+from mqtt_support import assert_answers_every_request_and_stops
+
 
 @pytest.fixture
 def stack(model_registry: Any, tmp_path: Path) -> Any:
@@ -30,10 +32,4 @@ def test_naive_answers_every_request_with_a_prediction_and_stops_cleanly(stack: 
     child = stack.start_responder(
         f"naive-{layer}", "mlserving_bench.naive", NAIVE_TENANT, "--package", str(package), "--mqtt", layer
     )
-    result = stack.load(tenant=NAIVE_TENANT, concurrency=256, duration=1.0, grace=20.0)
-    counters = result.counters
-    assert counters.sent > 256
-    assert (counters.answered, counters.lost, counters.error_total, counters.duplicates) == (counters.sent, 0, 0, 0)
-    assert child.alive()
-    stack.stop(child)
-    assert child.proc.returncode == 0, child.log_tail()
+    assert_answers_every_request_and_stops(stack, child, NAIVE_TENANT)

@@ -14,7 +14,8 @@ import sys
 import time
 import tracemalloc
 import uuid
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -114,21 +115,32 @@ def raw_publish(broker, topic: str, payload: bytes) -> None:
         client.close()
 
 
-def test_retained_packages_survive_a_broker_restart_with_persistence(tmp_path, registry_root, model_registry):
+@contextmanager
+def persistent_broker(tmp_path: Path) -> Iterator[tuple[LocalBroker, BrokerLocation, str]]:
+    """A broker of our own that keeps retained messages across restarts, with only the trainer
+    user: the broker, the trainer's registry location on it and its password."""
     user = BrokerUser("trainer", uuid.uuid4().hex, trainer_acl(), service=True)
     with LocalBroker([user], workdir=tmp_path / "mosquitto", persistence=True) as local:
-        location = BrokerLocation(
-            host=local.host,
-            port=local.port,
-            prefix=protocol.DEFAULT_PREFIX,
-            username="trainer",
-            cache=str(tmp_path / "cache"),
+        yield (
+            local,
+            BrokerLocation(
+                host=local.host,
+                port=local.port,
+                prefix=protocol.DEFAULT_PREFIX,
+                username="trainer",
+                cache=str(tmp_path / "cache"),
+            ),
+            user.password,
         )
-        writer = BrokerRegistry(location, seed=FilesystemRegistry(registry_root), password=user.password).connect()
+
+
+def test_retained_packages_survive_a_broker_restart_with_persistence(tmp_path, registry_root, model_registry):
+    with persistent_broker(tmp_path) as (local, location, password):
+        writer = BrokerRegistry(location, seed=FilesystemRegistry(registry_root), password=password).connect()
         assert writer.publish(model_registry.packages["ann"], promote=True) == "v2"
         writer.close()
         local.restart()
-        reader = BrokerRegistry(location, password=user.password).connect()
+        reader = BrokerRegistry(location, password=password).connect()
         try:
             assert reader.versions("ann") == ["v1", "v2"] and reader.current("ann") == "v2"
             verify_package(reader.fetch("ann"))
@@ -137,23 +149,17 @@ def test_retained_packages_survive_a_broker_restart_with_persistence(tmp_path, r
 
 
 def test_a_connected_reader_follows_the_broker_through_a_restart(tmp_path, until):
-    user = BrokerUser("trainer", uuid.uuid4().hex, trainer_acl(), service=True)
-    with LocalBroker([user], workdir=tmp_path / "mosquitto", persistence=True) as local:
-        location = BrokerLocation(
-            host=local.host,
-            port=local.port,
-            prefix=protocol.DEFAULT_PREFIX,
-            username="trainer",
-            cache=str(tmp_path / "cache"),
-        )
-        with closing(BrokerRegistry(location, password=user.password).connect()) as reader:
-            with closing(BrokerRegistry(location, password=user.password).connect()) as writer:
-                writer.publish(make_package(tmp_path / "one", "ann", b"one"), promote=True)
-            local.restart(down_seconds=1.0)
-            with closing(BrokerRegistry(location, password=user.password).connect()) as writer:
-                writer.publish(make_package(tmp_path / "two", "ann", b"two"), promote=True)
-            until(lambda: reader.current("ann") == "v2", timeout=30)  # subscribed again on reconnect
-            assert verify_package(reader.fetch("ann", "v1")).version == "v1"
+    with (
+        persistent_broker(tmp_path) as (local, location, password),
+        closing(BrokerRegistry(location, password=password).connect()) as reader,
+    ):
+        with closing(BrokerRegistry(location, password=password).connect()) as writer:
+            writer.publish(make_package(tmp_path / "one", "ann", b"one"), promote=True)
+        local.restart(down_seconds=1.0)
+        with closing(BrokerRegistry(location, password=password).connect()) as writer:
+            writer.publish(make_package(tmp_path / "two", "ann", b"two"), promote=True)
+        until(lambda: reader.current("ann") == "v2", timeout=30)  # subscribed again on reconnect
+        assert verify_package(reader.fetch("ann", "v1")).version == "v1"
 
 
 def test_mqtts_verifies_the_broker_against_the_ca_file(broker, tls_files, tmp_path):

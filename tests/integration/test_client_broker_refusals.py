@@ -12,9 +12,6 @@ server.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
@@ -25,6 +22,8 @@ import pytest
 
 from mlserving_client import Client, LoadSpec, PredictionError, TenantTarget, run_load
 from mlserving_common import protocol
+
+from mqtt_support import client_cli
 
 pytestmark = pytest.mark.broker_plugin_options(publish_rate=20)
 
@@ -138,30 +137,16 @@ def test_cli_predict_prints_the_refusal_and_exits_1(broker: Any, connect: Callab
 
     thread = threading.Thread(target=drain_budget, daemon=True)
     thread.start()
-    env = {**os.environ, "MLSERVING_CLIENT_PASSWORD": broker.credentials("tenant-a")[1]}
+    env = {"MLSERVING_CLIENT_PASSWORD": broker.credentials("tenant-a")[1]}
     runs = []
     try:
         for _ in range(5):  # the CLI may win one of the budget's 20 tokens a second; a refusal must come
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "mlserving_client",
-                    "predict",
-                    "--host",
-                    broker.host,
-                    "--port",
-                    str(broker.port),
-                    "--tenant",
-                    "tenant-a",
-                    "--attempts",
-                    "1",
-                    "--timeout",
-                    "60",
-                    *map(str, SERIES),
-                ],
-                capture_output=True,
-                text=True,
+            result = client_cli(
+                broker.host,
+                broker.port,
+                "predict",
+                *("--tenant", "tenant-a", "--attempts", "1", "--timeout", "60"),
+                *map(str, SERIES),
                 env=env,
                 timeout=40,
             )

@@ -7,9 +7,7 @@ on v1 of the demo models: tenant-a -> lstm, tenant-b -> ann) and `connect` (libr
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,30 +18,16 @@ import pytest
 from mlserving_client import Client, LoadSpec, PredictionError, TenantTarget, run_load
 from mlserving_common import protocol
 
+from mqtt_support import client_cli
+
 WINDOW = protocol.LEGACY_WINDOW
 SERIES = [18.0, 19.5, 21.0, 22.5, 21.0, 19.5]
 
 
 def cli(broker: Any, tenant: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the installed CLI as a user would, password from the environment."""
-    env = {**os.environ, "MLSERVING_CLIENT_PASSWORD": broker.credentials(tenant)[1]}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlserving_client",
-            args[0],
-            "--host",
-            broker.host,
-            "--port",
-            str(broker.port),
-            *args[1:],
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    env = {"MLSERVING_CLIENT_PASSWORD": broker.credentials(tenant)[1]}
+    return client_cli(broker.host, broker.port, args[0], *args[1:], env=env)
 
 
 def test_round_trip_per_tenant(connect: Callable[..., Client]) -> None:

@@ -29,6 +29,8 @@ from mlserving_training.generate import generate_bts
 from mlserving_training.pipeline import prepare, train
 from mlserving_training.runtime import predict_tflite
 
+from mqtt_support import client_cli
+
 pytestmark = pytest.mark.slow
 
 #: name -> (kind, window, horizon, calendar, epochs)
@@ -204,10 +206,6 @@ def test_hostile_requests_get_clear_errors_and_serving_goes_on(server, mqtt_clie
 
 def test_client_library_and_cli_ask_for_steps_with_a_time(server, broker, trained) -> None:
     """mlserving_client passes `time` and `horizon` through and exposes the steps; so does the CLI."""
-    import os
-    import subprocess
-    import sys
-
     from mlserving_client import Client
 
     offline = trained[1]["linday"]
@@ -221,32 +219,13 @@ def test_client_library_and_cli_ask_for_steps_with_a_time(server, broker, traine
         client.close()
     assert answer.value == pytest.approx(float(offline.forecast[1, 0]), rel=1e-5, abs=1e-5)
     assert answer.steps == pytest.approx(offline.forecast[1].tolist(), rel=1e-5, abs=1e-5)
-    env = {**os.environ, "MLSERVING_CLIENT_PASSWORD": password}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlserving_client",
-            "predict",
-            "--host",
-            broker.host,
-            "--port",
-            str(broker.port),
-            "--tenant",
-            "tenant-a",
-            "--model",
-            "linday",
-            "--time",
-            repr(at),
-            "--horizon",
-            "5",
-            "--series-json",
-            orjson.dumps(series).decode(),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    done = client_cli(
+        broker.host,
+        broker.port,
+        "predict",
+        *("--tenant", "tenant-a", "--model", "linday", "--time", repr(at), "--horizon", "5"),
+        *("--series-json", orjson.dumps(series).decode()),
+        env={"MLSERVING_CLIENT_PASSWORD": password},
     )
     assert done.returncode == 0, done.stderr
     body = orjson.loads(done.stdout)

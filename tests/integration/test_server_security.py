@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 
@@ -13,9 +12,18 @@ from mlserving_client import Client
 from mlserving_common import mqtt
 from mlserving_common.mosquitto import make_test_certificates
 
-from mqtt_support import connect_as
+from mqtt_support import client_cli, connect_as
 
 SERIES = [20.1, 20.4, 21.0, 21.6, 22.0, 22.3]
+
+
+def predict_over_tls(broker, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI's `predict` as tenant-a on the broker's TLS port; `args` bring the secret and the CA."""
+    return client_cli(
+        "127.0.0.1", broker.local.tls_port, "predict", "--tenant", "tenant-a", *args, *map(str, SERIES), timeout=60
+    )
+
+
 NOT_AUTHORIZED = 0x87
 
 
@@ -104,28 +112,7 @@ def test_client_library_and_cli_over_tls_verify_the_ca(broker, server_process, r
         assert answer.tenant == "tenant-a" and answer.model == "lstm"
     password_file = tmp_path / "tenant-a.password"
     password_file.write_text(password)
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlserving_client",
-            "predict",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(broker.local.tls_port),
-            "--tenant",
-            "tenant-a",
-            "--password-file",
-            str(password_file),
-            "--tls-ca",
-            str(tls_files.ca_file),
-            *map(str, SERIES),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cli = predict_over_tls(broker, "--password-file", str(password_file), "--tls-ca", str(tls_files.ca_file))
     assert cli.returncode == 0, cli.stderr
     assert '"prediction"' in cli.stdout
 
@@ -137,28 +124,7 @@ def test_clients_refuse_a_broker_their_ca_did_not_sign(broker, tmp_path):
         Client(
             "127.0.0.1", broker.local.tls_port, user, password, tenant="tenant-a", tls_ca=other_ca, connect_timeout=5.0
         )
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlserving_client",
-            "predict",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(broker.local.tls_port),
-            "--tenant",
-            "tenant-a",
-            "--password",
-            password,
-            "--tls-ca",
-            other_ca,
-            *map(str, SERIES),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cli = predict_over_tls(broker, "--password", password, "--tls-ca", other_ca)
     assert cli.returncode == 3, (cli.returncode, cli.stdout, cli.stderr)  # 3: cannot connect
 
 

@@ -75,26 +75,12 @@ def test_taylor_backtest_has_k_folds_with_mean_and_spread() -> None:
         assert m["mase"] > 0 and 0 < m["smape"] < 200 and m["rmse"] >= m["mae"]
 
 
+#: No plots, and the splits every trainer run here uses (the gate's verdicts depend on them).
+QUICK_SPLIT = ("--plot", "none", "--train-fraction", "0.65", "--val-fraction", "0.15")
+
+
 def _train(csv: Path, out: Path, *extra: str) -> Path:
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(csv),
-                "--out",
-                str(out),
-                "--plot",
-                "none",
-                "--train-fraction",
-                "0.65",
-                "--val-fraction",
-                "0.15",
-                *extra,
-            ]
-        )
-        == 0
-    )
+    assert main(["train", "--data", str(csv), "--out", str(out), *QUICK_SPLIT, *extra]) == 0
     return out
 
 
@@ -242,12 +228,7 @@ def test_retrain_applies_the_gate_and_no_gate_is_on_record(tmp_path: Path, capfd
         "--promote",
         "--out",
         str(tmp_path / "pkg"),
-        "--plot",
-        "none",
-        "--train-fraction",
-        "0.65",
-        "--val-fraction",
-        "0.15",
+        *QUICK_SPLIT,
     ]
     capfd.readouterr()
     assert main(argv) == 0

@@ -36,7 +36,7 @@ from mlserving_common.mqtt.errors import (
 )
 from mlserving_common.mqtt.handshake import READ_CHUNK, ConnAck, open_connection
 from mlserving_common.mqtt.options import ConnectOptions
-from mlserving_common.mqtt.outbox import Outbox
+from mlserving_common.mqtt.outbox import Outbox, publish_packet
 
 log = logging.getLogger("mlserving.mqtt")
 
@@ -196,8 +196,8 @@ class Connection:
         message_expiry: int | None = None,
         context: object = None,
     ) -> Delivery:
+        fields = (payload, retain, response_topic, correlation_data, user_properties, message_expiry)
         if qos == 1:
-            fields = (payload, retain, response_topic, correlation_data, user_properties, message_expiry)
             delivery = Delivery(topic, 1, context, fields)
             with self._lock:
                 if self._dead is not None:
@@ -209,15 +209,7 @@ class Connection:
             return delivery
         if qos != 0:
             raise ValueError(f"QoS {qos} is not supported (0 or 1)")
-        data = mqtt5.PublishPacket(
-            topic,
-            payload,
-            retain=retain,
-            response_topic=response_topic,
-            correlation_data=correlation_data,
-            user_properties=user_properties,
-            message_expiry_interval=message_expiry,
-        ).write()
+        data = publish_packet(topic, fields)
         delivery = Delivery(topic, 0, context, None)
         with self._lock:
             if not self._connected:

@@ -88,13 +88,25 @@ class Outbox:
 
 
 def encode(delivery: Delivery, duplicate: bool) -> bytes:
-    payload, retain, response_topic, correlation, user_properties, expiry = delivery.fields
+    return publish_packet(delivery.topic, delivery.fields, qos=_QOS1, packet_id=delivery.packet_id, duplicate=duplicate)
+
+
+def publish_packet(
+    topic: str,
+    fields: tuple[bytes, bool, str | None, bytes | None, list[tuple[str, str]] | None, int | None],
+    *,
+    qos: mqtt5.QoS = mqtt5.QoS.AT_MOST_ONCE,
+    packet_id: int | None = None,
+    duplicate: bool = False,
+) -> bytes:
+    """One PUBLISH from a Delivery's fields: QoS 0 writes it once, QoS 1 (encode) again on each resend."""
+    payload, retain, response_topic, correlation, user_properties, expiry = fields
     return mqtt5.PublishPacket(
-        delivery.topic,
+        topic,
         payload,
-        qos=_QOS1,
+        qos=qos,
         retain=retain,
-        packet_id=delivery.packet_id,
+        packet_id=packet_id,
         duplicate=duplicate,
         response_topic=response_topic,
         correlation_data=correlation,

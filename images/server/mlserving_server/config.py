@@ -44,7 +44,9 @@ RegistryKind = Literal["filesystem", "broker"]
 LOG_LEVELS = get_args(LogLevel)
 REGISTRY_KINDS = get_args(RegistryKind)
 TENANT_PATTERN = NAME_PATTERN
-PASSWORD_ENV = "MLSERVING_BROKER_PASSWORD"
+ENV_PREFIX = "MLSERVING_"
+#: The broker password, never in a file (DeployEnv.broker_password).
+PASSWORD_ENV = f"{ENV_PREFIX}BROKER_PASSWORD"
 
 
 class _Model(BaseModel):
@@ -376,29 +378,24 @@ def _check_topics(tenants: dict[str, TenantConfig]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-#: Variable -> dotted config path it overrides (MLSERVING_BROKER_PASSWORD is no file field).
-ENV_OVERRIDES = {
-    "MLSERVING_BROKER_HOST": "broker.host",
-    "MLSERVING_BROKER_PORT": "broker.port",
-    "MLSERVING_BROKER_USERNAME": "broker.username",
-    "MLSERVING_HTTP_PORT": "http.port",
-    "MLSERVING_REGISTRY_PATH": "registry.path",
-    "MLSERVING_LOG_LEVEL": "log_level",
-}
-
-
 class DeployEnv(BaseSettings):
-    """Deploy-time overrides from the environment, on top of the file (the chart sets a few)."""
+    """Deploy-time overrides from the environment, on top of the file (the chart sets a few).
 
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
+    One rule names everything: MLSERVING_ + the field in upper case; a field `<section>_<name>`
+    overrides `<section>.<name>` of the file when ServerConfig has such a section (broker_host ->
+    broker.host), else the top-level field of that name (log_level). broker_password is no file
+    field: it is the password itself.
+    """
 
-    broker_host: str | None = Field(None, validation_alias="MLSERVING_BROKER_HOST")
-    broker_port: int | None = Field(None, validation_alias="MLSERVING_BROKER_PORT")
-    broker_username: str | None = Field(None, validation_alias="MLSERVING_BROKER_USERNAME")
-    broker_password: str | None = Field(None, validation_alias=PASSWORD_ENV, repr=False)
-    http_port: int | None = Field(None, validation_alias="MLSERVING_HTTP_PORT")
-    registry_path: str | None = Field(None, validation_alias="MLSERVING_REGISTRY_PATH")
-    log_level: str | None = Field(None, validation_alias="MLSERVING_LOG_LEVEL")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
+
+    broker_host: str | None = None
+    broker_port: int | None = None
+    broker_username: str | None = None
+    broker_password: str | None = Field(None, repr=False)
+    http_port: int | None = None
+    registry_path: str | None = None
+    log_level: str | None = None
 
     @classmethod
     def read(cls, env: Mapping[str, str] | None) -> DeployEnv:
@@ -406,17 +403,27 @@ class DeployEnv(BaseSettings):
         try:
             if env is None:
                 return cls()
-            known = {*ENV_OVERRIDES, PASSWORD_ENV}
-            return cls.model_validate({k: v for k, v in env.items() if v != "" and k in known})
+            fields = {f"{ENV_PREFIX}{name}".upper(): name for name in cls.model_fields}
+            return cls.model_validate({fields[k]: v for k, v in env.items() if v != "" and k in fields})
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
-            variable = str(error["loc"][0])
-            raise ConfigError(f"{ENV_OVERRIDES[variable]}: {variable}={error['input']!r} is not an integer") from None
+            name = str(error["loc"][0])
+            variable = f"{ENV_PREFIX}{name}".upper()
+            raise ConfigError(f"{config_path(name)}: {variable}={error['input']!r} is not an integer") from None
 
     def overrides(self) -> dict[str, Any]:
         """{dotted config path: value} of the variables set."""
         values = self.model_dump(exclude={"broker_password"}, exclude_none=True)
-        return {ENV_OVERRIDES[str(DeployEnv.model_fields[k].validation_alias)]: v for k, v in values.items()}
+        return {config_path(name): value for name, value in values.items()}
+
+
+def config_path(name: str) -> str:
+    """The dotted config path a DeployEnv field overrides (see DeployEnv)."""
+    section, _, rest = name.partition("_")
+    nested = ServerConfig.model_fields.get(section)
+    if rest and nested is not None and isinstance(nested.annotation, type) and issubclass(nested.annotation, BaseModel):
+        return f"{section}.{rest}"
+    return name
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> ServerConfig:
