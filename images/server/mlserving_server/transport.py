@@ -92,7 +92,6 @@ class Transport:
 
     def _wrap(self, handler: MessageHandler) -> Callable[[mqtt.Message], None]:
         def on_message(message: mqtt.Message) -> None:
-            self.last_message = time.monotonic()
             try:
                 handler(message.topic, message.payload, message.response_topic, message.correlation_data)
             except Exception:  # never let one message break the network loop
